@@ -1,0 +1,25 @@
+"""flowkd: heterogeneous knowledge distillation by information-flow modeling.
+
+Passalis, Tzelepi & Tefas, "Heterogeneous Knowledge Distillation using Information Flow Modeling", CVPR 2020.
+"""
+
+from .auxiliary import make_auxiliary
+from .config import Config, load_config
+from .data import ArrayDataset, Loader
+from .errors import FlowKDError
+from .flow import InformationFlowLoss
+from .loop import train
+from .losses import PKTLoss, pkt_loss
+from .models import create_model
+from .pipeline import Pipeline
+from .schedules import Constant, CriticalPeriod
+from .stages import TeacherFeatures, distill_step, supervised_step
+from .taps import Taps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "pkt_loss", "PKTLoss", "InformationFlowLoss", "CriticalPeriod", "Constant", "Taps", "TeacherFeatures",
+    "make_auxiliary", "create_model", "train", "supervised_step", "distill_step", "ArrayDataset", "Loader",
+    "Pipeline", "Config", "load_config", "FlowKDError", "__version__",
+]

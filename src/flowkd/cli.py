@@ -1,0 +1,197 @@
+"""The ``flowkd`` command line: run, demo, eval, layers, models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from .errors import FlowKDError
+
+__all__ = ["main"]
+
+
+def _run(args) -> int:
+    from .config import load_config
+    from .pipeline import Pipeline, results_table
+
+    cfg = load_config(args.config, args.set)
+    if args.device:
+        cfg.device = args.device
+    if args.no_progress:
+        cfg.progress = False
+    res = Pipeline(cfg, args.out, resume=args.resume).run()
+    print(results_table(res))
+    print(f"wrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
+DEMO_ROWS = [
+    ("teacher", "teacher (MLP 512-512, labels)"),
+    ("aux", "auxiliary (CNN x2: labels, then PKT)"),
+    ("student", "student: information flow via aux"),
+    ("student_labels", "student: labels only"),
+    ("student_pkt", "student: last-layer PKT from teacher"),
+]
+
+
+def _demo(args) -> int:
+    from .config import config_from_dict
+    from .pipeline import Pipeline
+
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover
+        import tomli as tomllib
+    t0 = time.perf_counter()
+    text = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
+    from .config import apply_overrides
+
+    data = apply_overrides(tomllib.loads(text), [f"seed={args.seed}", f"device={args.device}"] + list(args.set))
+    cfg = config_from_dict(data)
+    cfg.progress = not args.no_progress
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
+    res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
+    wall = time.perf_counter() - t0
+    print(f"\nflowkd demo — {cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
+    head = f"{'model':<40} {'params':>7} {'cos mAP':>8} {'euc mAP':>8} {'P@10':>6} {'NCM acc':>8} {'head acc':>8}"
+    print(head)
+    print("-" * len(head))
+    for key, label in DEMO_ROWS:
+        r = res["models"][key]
+        acc = r.get("head_acc")
+        print(f"{label:<40} {r['params']:>7,} {r['cosine']['map']:>8.2f} {r['euclidean']['map']:>8.2f} "
+              f"{r['cosine']['precision_at'][10]:>6.2f} {r['ncm_acc']:>8.2f} {'—' if acc is None else f'{acc:.2f}':>8}")
+    print(f"\nmAP and P@10 in %, test images as queries against the training set; NCM = nearest-class-mean probe.")
+    print(f"total time: {wall:.1f} s   (run directory: {out})")
+    return 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from .config import DataConfig, Config
+    from .evaluation import evaluate_representation
+    from .io import atomic_write_json, load_weights
+    from .models import create_model
+    from .pipeline import load_data, pick_device
+
+    cfg = Config(data=DataConfig(name=args.data, root=args.root or "", eval_batch_size=args.batch_size),
+                 device=args.device or "auto")
+    train_set, test_set = load_data(cfg)
+    dev = pick_device(cfg.device)
+    c, h, _ = train_set.shape
+    model = create_model(args.model, width=args.width, num_classes=train_set.num_classes, in_channels=c, in_size=h)
+    if args.weights:
+        try:
+            model.load_state_dict(load_weights(args.weights), strict=True)
+        except RuntimeError as e:
+            raise FlowKDError(f"weights {args.weights} do not fit {args.model}: {str(e).splitlines()[0]}") from None
+    tap = args.tap or model.representation
+    t0 = time.perf_counter()
+    res = evaluate_representation(model.to(dev), tap, train_set.to(dev), test_set.to(dev), k=args.k,
+                                  head=True, legacy=True, batch_size=args.batch_size)
+    res["wall_s"] = round(time.perf_counter() - t0, 3)
+    for m in ("cosine", "euclidean"):
+        r = res[m]
+        print(f"{m:<9} mAP {r['map']:.2f}  (legacy {r['legacy']['map']:.2f})  "
+              + "  ".join(f"P@{k} {v:.2f}" for k, v in r["precision_at"].items()))
+    print(f"NCM acc {res['ncm_acc']:.2f}" + (f"  head acc {res['head_acc']:.2f}" if "head_acc" in res else "")
+          + f"  ({res['wall_s']:.1f} s on {dev})")
+    if args.json:
+        atomic_write_json(args.json, res)
+    return 0
+
+
+def _layers(args) -> int:
+    import torch
+
+    from .models import create_model
+    from .taps import layer_shapes
+
+    model = create_model(args.model, width=args.width, num_classes=args.num_classes,
+                         in_channels=args.in_channels, in_size=args.in_size)
+    rows = layer_shapes(model, torch.zeros(2, args.in_channels, args.in_size, args.in_size))
+    w = max(len(n) for n, _, _ in rows)
+    for name, typ, shape in rows:
+        print(f"{name:<{w}}  {typ:<18} {tuple(shape[1:])}")
+    for attr in ("flow_taps", "representation"):
+        if hasattr(model, attr):
+            print(f"{attr}: {getattr(model, attr)}")
+    return 0
+
+
+def _models(args) -> int:
+    from .models import MODELS
+
+    for name in MODELS.names():
+        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<18} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowkd", description="Heterogeneous knowledge distillation by information-flow modeling.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run a pipeline from a TOML config")
+    r.add_argument("config")
+    r.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, results.json)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. stages.student.epochs=[5]")
+    r.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:1)")
+    r.add_argument("--resume", action="store_true", help="continue a run from its last completed stage")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=_run)
+
+    d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, < 60 s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--out", default="", help="run directory (default: a new temp folder)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--quiet", action="store_true", help="print only the final table")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=_demo)
+
+    e = sub.add_parser("eval", help="retrieval mAP / P@k and accuracy of a model's representation")
+    e.add_argument("--model", required=True, help="registered model name (see `flowkd models`)")
+    e.add_argument("--weights", default="")
+    e.add_argument("--width", type=float, default=1.0)
+    e.add_argument("--tap", default="", help="representation tap (default: the model's own)")
+    e.add_argument("--data", default="digits")
+    e.add_argument("--root", default="")
+    e.add_argument("--device", default="")
+    e.add_argument("--batch-size", type=int, default=1024)
+    e.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    e.add_argument("--json", default="", help="also write the full results here")
+    e.set_defaults(fn=_eval)
+
+    lay = sub.add_parser("layers", help="list a model's tap names and output shapes")
+    lay.add_argument("model")
+    lay.add_argument("--width", type=float, default=1.0)
+    lay.add_argument("--in-channels", type=int, default=3)
+    lay.add_argument("--in-size", type=int, default=32)
+    lay.add_argument("--num-classes", type=int, default=10)
+    lay.set_defaults(fn=_layers)
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.set_defaults(fn=_models)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FlowKDError as e:
+        print(f"flowkd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flowkd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

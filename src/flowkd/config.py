@@ -1,0 +1,226 @@
+"""Typed configuration: dataclasses <-> TOML, with ``a.b=value`` overrides checked against the types.
+
+Unknown keys and wrong types fail with the dotted key named. Lists of tables (``[[stages]]``) are
+addressed by their ``name`` in overrides: ``stages.student.epochs=[5]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import FlowKDError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "StageConfig", "ScheduleConfig", "EvalConfig",
+           "load_config", "config_from_dict", "apply_overrides", "to_dict"]
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"            # digits | cifar10 | cifar100 | stl10 | imagefolder | cifar10_jpg
+    root: str = ""                  # dataset folder (not used by digits)
+    cache_dir: str = ""             # decoded-image cache for image folders (default: <root>/.flowkd-cache)
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    augment: bool = False           # random crop (4-px zero padding) + horizontal flip, on the device
+    test_fraction: float = 0.25     # digits only: held-out share, stratified
+    train_subset: int = 0           # >0: keep this many training images (seeded, stratified) for quick runs
+    test_subset: int = 0            # >0: likewise for the test split
+
+
+@dataclass
+class ModelConfig:
+    arch: str = ""                  # a registered model name (see `flowkd models`)
+    width: float = 1.0              # channel / hidden-unit multiplier
+    auxiliary_of: str = ""          # build as the auxiliary teacher of that model: its arch, width x `width`
+    weights: str = ""               # a state_dict to load (strict keys), e.g. a trained teacher
+    representation: str = ""        # tap used for evaluation (default: the model's own)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"          # constant | critical_period
+    init: float = 100.0             # critical_period: intermediate weight at epoch 0 ...
+    decay: float = 0.7              # ... multiplied by this every epoch
+    weight: float = 1.0             # constant: intermediate weight
+    final: float = 1.0              # weight of the last pair (the final representation)
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    kind: str = "supervised"        # supervised | distill
+    model: str = ""                 # which model trains
+    teacher: str = ""               # distill: whose features it mimics
+    epochs: list[int] = field(default_factory=lambda: [10])
+    lr: list[float] = field(default_factory=lambda: [1e-3])   # one rate per phase of `epochs`
+    optimizer: str = "adam"         # adam | sgd
+    weight_decay: float = 0.0
+    pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep
+    pairs_from: str = "representation"  # when `pairs` is empty: representation | flow (the models' own taps)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    kernel: str = "combined"        # combined | cosine | student_t | rbf | adaptive_rbf
+    divergence: str = "jeffreys"    # jeffreys | kl
+    log_eps: float = 1e-6           # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
+    ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
+    fresh_optimizer_each_epoch: bool = False  # the paper's code re-creates Adam every student epoch
+
+
+@dataclass
+class EvalConfig:
+    models: list[str] = field(default_factory=list)   # empty: every model
+    metrics: list[str] = field(default_factory=lambda: ["cosine", "euclidean"])
+    k: list[int] = field(default_factory=lambda: [10, 100])
+    legacy: bool = True             # also report the reference evaluator's legacy mAP / P@k
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    progress: bool = True           # progress bars
+    title: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp, key: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise FlowKDError(f"config key {key!r} must be a table, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except FlowKDError:
+                continue
+        raise FlowKDError(f"config key {key!r} has the wrong type: {value!r}")
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise FlowKDError(f"config key {key!r} must be a list, got {value!r}")
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, arg = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise FlowKDError(f"config key {key!r} must be a table, got {value!r}")
+        return {k: _convert(v, arg, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise FlowKDError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    raise FlowKDError(f"config key {key!r}: unsupported type {tp}")  # pragma: no cover
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            raise FlowKDError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(names))}")
+        kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = _from_dict(Config, data)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    names = [s.name for s in cfg.stages]
+    for s in cfg.stages:
+        if not s.name:
+            raise FlowKDError("every [[stages]] entry needs a name")
+        if names.count(s.name) > 1:
+            raise FlowKDError(f"stage name {s.name!r} is used twice")
+        if s.kind not in ("supervised", "distill"):
+            raise FlowKDError(f"stage {s.name!r}: unknown kind {s.kind!r}; valid: supervised, distill")
+        if s.model not in cfg.models:
+            raise FlowKDError(f"stage {s.name!r}: unknown model {s.model!r}; models: {', '.join(cfg.models)}")
+        if s.kind == "distill" and s.teacher not in cfg.models:
+            raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
+        if len(s.epochs) != len(s.lr) or not s.epochs or min(s.epochs) < 0:
+            raise FlowKDError(f"stage {s.name!r}: epochs {s.epochs} and lr {s.lr} must be lists of equal length")
+        if any(len(p) != 2 for p in s.pairs):
+            raise FlowKDError(f"stage {s.name!r}: each of pairs must be [teacher tap, student tap]")
+        if s.pairs_from not in ("representation", "flow"):
+            raise FlowKDError(f"stage {s.name!r}: pairs_from must be 'representation' or 'flow'")
+    for name, m in cfg.models.items():
+        if not m.arch and not m.auxiliary_of:
+            raise FlowKDError(f"model {name!r} needs an arch (or auxiliary_of)")
+        if m.auxiliary_of and m.auxiliary_of not in cfg.models:
+            raise FlowKDError(f"model {name!r}: auxiliary_of names unknown model {m.auxiliary_of!r}")
+    for name in cfg.eval.models:
+        if name not in cfg.models:
+            raise FlowKDError(f"eval.models: unknown model {name!r}; models: {', '.join(cfg.models)}")
+    for m in cfg.eval.metrics:
+        if m not in ("cosine", "euclidean"):
+            raise FlowKDError(f"eval.metrics: unknown metric {m!r}; valid: cosine, euclidean")
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (TOML values; bare words are strings) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise FlowKDError(f"override {item!r} must look like key.path=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                match = [x for x in node if isinstance(x, dict) and x.get("name") == k]
+                if not match:
+                    raise FlowKDError(f"override {path!r}: no entry named {k!r} in {'.'.join(keys[:i])}")
+                node = match[0]
+            else:
+                node = node.setdefault(k, {})
+        if isinstance(node, list):
+            raise FlowKDError(f"override {path!r} must name a field of a list entry")
+        node[keys[-1]] = _parse_value(text.strip())
+    return data
+
+
+def load_config(path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise FlowKDError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise FlowKDError(f"{path}: invalid TOML: {e}") from None
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

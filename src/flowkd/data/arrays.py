@@ -1,0 +1,145 @@
+"""Datasets as whole uint8 tensors, and a loader that batches, augments and normalises on the device.
+
+The dataset sits in memory (on the GPU when there is one) as uint8 (N, C, H, W); a batch is gathered,
+augmented (random crop with zero padding, horizontal flip) and normalised where the data lives. Each
+epoch's order and augmentation come from a generator seeded by (seed, epoch), so a run is reproducible
+and any epoch can be replayed without replaying the ones before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import FlowKDError
+
+__all__ = ["ArrayDataset", "Loader", "epoch_generator"]
+
+
+@dataclass
+class ArrayDataset:
+    """uint8 images (N, C, H, W), int64 labels (N,), class names, and per-channel mean/std in [0, 1] units."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: Sequence[float] = ()
+    std: Sequence[float] = ()
+    name: str = "data"
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.images, np.ndarray):
+            self.images = torch.from_numpy(np.ascontiguousarray(self.images))
+        if isinstance(self.labels, np.ndarray):
+            self.labels = torch.from_numpy(np.ascontiguousarray(self.labels))
+        self.labels = self.labels.long()
+        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
+            raise FlowKDError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) == 0:
+            raise FlowKDError(f"{self.name}: the dataset is empty")
+        if self.labels.shape != (len(self.images),):
+            raise FlowKDError(f"{self.name}: {len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
+        n_cls = len(self.classes)
+        lo, hi = int(self.labels.min()), int(self.labels.max())
+        if lo < 0 or hi >= n_cls:
+            raise FlowKDError(f"{self.name}: label {hi if hi >= n_cls else lo} is out of range for {n_cls} classes")
+        c = self.images.shape[1]
+        if not self.mean:
+            x = self.images.float() / 255.0
+            self.mean = tuple(x.mean((0, 2, 3)).tolist())
+            self.std = tuple(x.std((0, 2, 3)).clamp_min(1e-3).tolist())
+        if len(self.mean) != c or len(self.std) != c:
+            raise FlowKDError(f"{self.name}: mean/std need {c} values (one per channel)")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device) -> "ArrayDataset":
+        return ArrayDataset(self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std,
+                            self.name, self.meta)
+
+    def subset(self, index) -> "ArrayDataset":
+        index = torch.as_tensor(index, dtype=torch.long, device=self.images.device)
+        return ArrayDataset(self.images[index], self.labels[index], self.classes, self.mean, self.std,
+                            self.name, self.meta)
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x_uint8.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x_uint8.device).view(1, -1, 1, 1)
+        return (x_uint8.float() / 255.0 - mean) / std
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator determined by (seed, epoch) alone."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop of the original size from a zero-padded batch, then random horizontal flip, per sample."""
+    n, c, h, w = x.shape
+    dev = x.device
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        x = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=gen) < 0.5).to(dev)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class Loader:
+    """Batches of (normalised float images, labels) from an ArrayDataset, on the dataset's device.
+
+    ``set_epoch(e)`` picks epoch e's order and augmentation; iterating without it replays epoch 0.
+    """
+
+    def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
+                 augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
+                 channels_last: bool = False):
+        if batch_size < 1:
+            raise FlowKDError(f"batch size must be positive, got {batch_size}")
+        self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
+        self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, self.epoch)
+        n = len(self.data)
+        dev = self.data.images.device
+        order = torch.randperm(n, generator=gen).to(dev) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            if order is None:
+                x, y = self.data.images[sl], self.data.labels[sl]
+            else:
+                idx = order[sl]
+                x, y = self.data.images[idx], self.data.labels[idx]
+            if self.augment:
+                x = random_crop_flip(x, self.pad, gen)
+            x = self.data.normalize(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y

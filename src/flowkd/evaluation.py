@@ -1,0 +1,71 @@
+"""Evaluate a network's representation: retrieval (test queries vs training database) and accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import retrieval
+from .data.arrays import ArrayDataset, Loader
+from .taps import Taps
+
+__all__ = ["extract", "accuracy", "ncm_accuracy", "evaluate_representation"]
+
+
+@torch.no_grad()
+def extract(model: nn.Module, data: ArrayDataset, tap: str, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, D), model outputs (N, ...)) for ``data`` in order, in eval mode, no augmentation."""
+    was = model.training
+    model.eval()
+    feats, outs = [], []
+    try:
+        with Taps(model, [tap]) as taps:
+            for x, _ in Loader(data, batch_size):
+                out, f = taps(x)
+                feats.append(f[tap].float())
+                outs.append(out.float() if isinstance(out, torch.Tensor) else torch.zeros(len(x), 0, device=x.device))
+    finally:
+        model.train(was)
+    return torch.cat(feats), torch.cat(outs)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels.to(logits.device)).float().mean() * 100)
+
+
+def ncm_accuracy(train_feats, train_labels, test_feats, test_labels) -> float:
+    """Nearest-class-mean probe (cosine): a classifier-free accuracy for any representation."""
+    train_labels = train_labels.to(train_feats.device)
+    n_cls = int(train_labels.max()) + 1
+    f = F.normalize(train_feats.float(), dim=1)
+    means = torch.zeros(n_cls, f.shape[1], device=f.device).index_add_(0, train_labels, f)
+    means = F.normalize(means, dim=1)
+    pred = (F.normalize(test_feats.float(), dim=1) @ means.T).argmax(1)
+    return float((pred == test_labels.to(pred.device)).float().mean() * 100)
+
+
+def evaluate_representation(
+    model: nn.Module,
+    tap: str,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    *,
+    metrics=("cosine", "euclidean"),
+    k=(10, 100),
+    head: bool = True,
+    legacy: bool = True,
+    batch_size: int = 1024,
+) -> dict:
+    """Retrieval mAP / P@k per metric, NCM-probe accuracy, and (``head``) the classifier's accuracy."""
+    db, _ = extract(model, train, tap, batch_size)
+    qf, logits = extract(model, test, tap, batch_size)
+    k = [x for x in k if x <= len(train)]
+    res: dict = {"tap": tap, "dim": int(db.shape[1])}
+    for m in metrics:
+        r = retrieval.evaluate(qf, test.labels, db, train.labels, metric=m, k=k, legacy=legacy)
+        res[m] = r
+    res["ncm_acc"] = ncm_accuracy(db, train.labels, qf, test.labels)
+    if head and logits.dim() == 2 and logits.shape[1] == test.num_classes:
+        res["head_acc"] = accuracy(logits, test.labels)
+    return res

@@ -1,0 +1,77 @@
+"""The information-flow loss: PKT at several (teacher tap, student tap) pairs, weighted by a schedule."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .errors import FlowKDError
+from .losses.pkt import PKTLoss
+from .schedules import CriticalPeriod, Schedule
+from .taps import parse_tap
+
+__all__ = ["InformationFlowLoss"]
+
+
+class InformationFlowLoss(nn.Module):
+    """Loss = sum_l w_l(epoch) * PKT(T[t_l], S[s_l]) over ``pairs`` ordered shallow -> deep.
+
+    ``pairs`` are (teacher tap, student tap) spec strings (see ``flowkd.taps``); the last pair is the
+    final representation. The taps are named only here: ``teacher_taps``/``student_taps`` give the
+    specs to hook. ``forward`` returns named terms: ``loss`` (the weighted sum), and per pair the raw
+    ``pkt/<t>~<s>`` value and its weight ``w/<t>~<s>``.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        schedule: Schedule | None = None,
+        kernel: str = "combined",
+        divergence: str = "jeffreys",
+        log_eps: float | None = 1e-6,
+    ):
+        super().__init__()
+        pairs = [tuple(p) for p in pairs]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise FlowKDError("information flow needs a non-empty list of (teacher tap, student tap) pairs")
+        for t, s in pairs:
+            parse_tap(t), parse_tap(s)
+        self.pairs: list[tuple[str, str]] = pairs
+        self.schedule = schedule if schedule is not None else CriticalPeriod()
+        self.pkt = PKTLoss(kernel, divergence, log_eps)
+        self.names = [f"{t}~{s}" for t, s in pairs]
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return list(dict.fromkeys(t for t, _ in self.pairs))
+
+    @property
+    def student_taps(self) -> list[str]:
+        return list(dict.fromkeys(s for _, s in self.pairs))
+
+    def weights(self, epoch: int) -> list[float]:
+        w = list(self.schedule(epoch, len(self.pairs)))
+        if len(w) != len(self.pairs):
+            raise FlowKDError(f"schedule gave {len(w)} weights for {len(self.pairs)} layer pairs")
+        return w
+
+    def forward(
+        self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int = 0
+    ) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        total = None
+        for (t, s), name, w in zip(self.pairs, self.names, self.weights(epoch)):
+            value = self.pkt(teacher[t], student[s])
+            terms[f"pkt/{name}"] = value.detach()
+            terms[f"w/{name}"] = torch.tensor(float(w))
+            if w != 0.0:
+                total = w * value if total is None else total + w * value
+        if total is None:
+            total = next(iter(student.values())).sum() * 0.0
+        terms["loss"] = total
+        return terms
+
+    def extra_repr(self) -> str:
+        return f"pairs={self.pairs}, schedule={self.schedule}"

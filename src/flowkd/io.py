@@ -1,0 +1,66 @@
+"""Files that are either whole or absent: every write goes to a temp file, then is renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import FlowKDError
+
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "load_weights"]
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path) -> None:
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def append_jsonl(path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def load_weights(path) -> dict:
+    """A state_dict from ``path``, read with ``weights_only=True`` (pickled code is refused), cast to float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise FlowKDError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        raise FlowKDError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FlowKDError(f"{path} does not hold a state_dict of tensors")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in obj.items()}

@@ -1,0 +1,27 @@
+"""Divergences between two (N, N) conditional-probability matrices, averaged over all N^2 entries."""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import Registry
+
+__all__ = ["DIVERGENCES", "jeffreys", "kl"]
+
+DIVERGENCES: Registry = Registry("divergence")
+
+
+@DIVERGENCES.register("jeffreys")
+def jeffreys(p: torch.Tensor, q: torch.Tensor, eps: float | None = 1e-6) -> torch.Tensor:
+    """mean((P - Q) * (log P - log Q)); ``eps`` is added inside each log (None: plain logs, as the paper's code)."""
+    if eps is None:
+        return ((p - q) * (torch.log(p) - torch.log(q))).mean()
+    return ((p - q) * (torch.log(p + eps) - torch.log(q + eps))).mean()
+
+
+@DIVERGENCES.register("kl")
+def kl(p: torch.Tensor, q: torch.Tensor, eps: float | None = 1e-6) -> torch.Tensor:
+    """mean(P * log(P / Q)), the teacher P first (classic PKT)."""
+    if eps is None:
+        return (p * (torch.log(p) - torch.log(q))).mean()
+    return (p * (torch.log(p + eps) - torch.log(q + eps))).mean()

@@ -1,0 +1,270 @@
+"""One pipeline for every experiment: build data and models, run the stages in order, evaluate, report.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch per stage),
+``checkpoints/<stage>.pt`` (the trained model's weights after each stage), ``state.json`` (the stages
+completed, for ``--resume``), ``results.json`` and ``results.md``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config, StageConfig, to_dict
+from .data.arrays import ArrayDataset, Loader
+from .errors import FlowKDError
+from .evaluation import evaluate_representation
+from .flow import InformationFlowLoss
+from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights
+from .loop import train
+from .models import create_model
+from .schedules import SCHEDULES
+from .stages import TeacherFeatures, distill_step, supervised_step
+
+__all__ = ["Pipeline", "load_data", "pick_device", "machine_info"]
+
+
+def _seed_for(seed: int, name: str) -> int:
+    return (seed * 7919 + zlib.crc32(name.encode())) % (2**31)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlowKDError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _stratified(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
+    if n <= 0 or n >= len(data):
+        return data
+    labels = data.labels.cpu().numpy()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    # round-robin over classes in a random order keeps the subset stratified
+    per_class = [order[labels[order] == c] for c in range(data.num_classes)]
+    picked = [idx for group in zip(*per_class) for idx in group][:n] if all(len(p) for p in per_class) else list(order[:n])
+    if len(picked) < n:
+        rest = np.setdiff1d(order, picked, assume_unique=True)
+        picked += list(rest[: n - len(picked)])
+    return data.subset(sorted(picked))
+
+
+def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
+    d = cfg.data
+    if d.name == "digits":
+        from .data.digits import load_digits
+        train_set, test_set = load_digits(d.test_fraction, cfg.seed)
+    else:
+        from .data.readers import load_dataset
+        if not d.root:
+            raise FlowKDError(f"data.root is required for dataset {d.name!r}")
+        opts = {"cache_dir": d.cache_dir} if d.cache_dir else {}
+        train_set, test_set = load_dataset(d.name, d.root, **opts)
+    return _stratified(train_set, d.train_subset, cfg.seed), _stratified(test_set, d.test_subset, cfg.seed + 1)
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, out_dir, *, resume: bool = False, data=None, log=print):
+        self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
+        self.device = pick_device(cfg.device)
+        self._data = data
+        self.models: dict[str, nn.Module] = {}
+
+    # ---- building -------------------------------------------------------------------------------
+    def _build_models(self, train_set: ArrayDataset) -> None:
+        c, h, _ = train_set.shape
+        kw = dict(num_classes=train_set.num_classes, in_channels=c, in_size=h)
+        resolved: dict[str, tuple[str, float]] = {}
+
+        def arch_of(name, seen=()):
+            if name in seen:
+                raise FlowKDError(f"model {name!r}: auxiliary_of forms a cycle")
+            m = self.cfg.models[name]
+            if m.auxiliary_of:
+                base, width = arch_of(m.auxiliary_of, (*seen, name))
+                return base, width * m.width
+            return m.arch, m.width
+
+        for name, m in self.cfg.models.items():
+            resolved[name] = arch_of(name)
+            torch.manual_seed(_seed_for(self.cfg.seed, name))
+            model = create_model(resolved[name][0], width=resolved[name][1], **kw)
+            if m.weights:
+                state = load_weights(m.weights)
+                try:
+                    model.load_state_dict(state, strict=True)
+                except RuntimeError as e:
+                    first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+                    raise FlowKDError(f"model {name!r}: weights {m.weights} do not fit {resolved[name][0]}: {first}") from None
+            self.models[name] = model.to(self.device)
+        self.archs = resolved
+
+    def representation(self, name: str) -> str:
+        tap = self.cfg.models[name].representation or getattr(self.models[name], "representation", "")
+        if not tap:
+            raise FlowKDError(f"model {name!r} declares no representation tap: set models.{name}.representation")
+        return tap
+
+    def _pairs(self, s: StageConfig) -> list[tuple[str, str]]:
+        if s.pairs:
+            return [tuple(p) for p in s.pairs]
+        if s.pairs_from == "representation":
+            return [(self.representation(s.teacher), self.representation(s.model))]
+        t = getattr(self.models[s.teacher], "flow_taps", None)
+        st = getattr(self.models[s.model], "flow_taps", None)
+        if not t or not st or len(t) != len(st):
+            raise FlowKDError(f"stage {s.name!r}: pairs_from='flow' needs both models to declare the same number of flow_taps; give pairs explicitly")
+        return list(zip(t, st))
+
+    def _schedule(self, s: StageConfig):
+        sc = s.schedule
+        cls = SCHEDULES.get(sc.name)
+        if sc.name == "critical_period":
+            return cls(init=sc.init, decay=sc.decay, final=sc.final)
+        return cls(weight=sc.weight, final=sc.final)
+
+    # ---- running --------------------------------------------------------------------------------
+    def _prepare_dir(self) -> dict:
+        state_path = self.out / "state.json"
+        if self.out.exists() and any(self.out.iterdir()):
+            if not self.resume:
+                if state_path.exists() or (self.out / "results.json").exists():
+                    raise FlowKDError(f"{self.out} already holds a run; use --resume to continue it or choose another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {"completed": {}}
+        if self.resume and state_path.exists():
+            state = json.loads(state_path.read_text())
+            if state.get("config") != to_dict(self.cfg):
+                raise FlowKDError(f"{self.out}: the config differs from the one the run started with; cannot resume")
+        state["config"] = to_dict(self.cfg)
+        return state
+
+    def run_stage(self, s: StageConfig, train_set: ArrayDataset, index: int) -> list[dict]:
+        model = self.models[s.model]
+        loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
+                        seed=_seed_for(self.cfg.seed, s.name))
+        cleanup = []
+        if s.kind == "supervised":
+            step = supervised_step(model)
+            info = {"kind": "supervised"}
+        else:
+            flow = InformationFlowLoss(self._pairs(s), self._schedule(s), s.kernel, s.divergence,
+                                       s.log_eps if s.log_eps > 0 else None)
+            teacher = TeacherFeatures(self.models[s.teacher], flow.teacher_taps)
+            step, taps = distill_step(model, teacher, flow, s.ce_weight)
+            cleanup += [teacher, taps]
+            info = {"kind": "distill", "pairs": flow.pairs, "schedule": repr(flow.schedule)}
+        metrics = self.out / "metrics.jsonl"
+        try:
+            return train(model, loader, step, epochs=s.epochs, lr=s.lr, optimizer=s.optimizer,
+                         weight_decay=s.weight_decay, fresh_optimizer_each_epoch=s.fresh_optimizer_each_epoch,
+                         on_epoch=lambda r: append_jsonl(metrics, r), name=s.name,
+                         show_progress=self.cfg.progress), info
+        finally:
+            for c in cleanup:
+                c.remove()
+
+    def run(self) -> dict:
+        t_start = time.perf_counter()
+        state = self._prepare_dir()
+        atomic_write_json(self.out / "config.json", to_dict(self.cfg))
+        train_set, test_set = self._data if self._data is not None else load_data(self.cfg)
+        train_set, test_set = train_set.to(self.device), test_set.to(self.device)
+        self._build_models(train_set)
+        done = state["completed"]
+        # keep only the metrics of completed stages (a resumed stage starts over)
+        kept = [json.dumps(r) for name in done for r in done[name]["records"]]
+        atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+        stages = {}
+        for i, s in enumerate(self.cfg.stages):
+            ckpt = self.out / "checkpoints" / f"{s.name}.pt"
+            if s.name in done and ckpt.exists():
+                self.models[s.model].load_state_dict(load_weights(ckpt))
+                stages[s.name] = done[s.name]
+                self.log(f"[{s.name}] resumed from {ckpt}")
+                continue
+            torch.manual_seed(_seed_for(self.cfg.seed, "train/" + s.name))
+            t0 = time.perf_counter()
+            records, info = self.run_stage(s, train_set, i)
+            wall = time.perf_counter() - t0
+            atomic_torch_save({k: v.detach().cpu() for k, v in self.models[s.model].state_dict().items()}, ckpt)
+            last = {k: v for k, v in records[-1].items() if k not in ("stage",)} if records else {}
+            self.log(f"[{s.name}] {sum(s.epochs)} epochs in {wall:.1f}s; last: "
+                     + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
+            stages[s.name] = {**info, "model": s.model, "teacher": s.teacher, "epochs": int(sum(s.epochs)),
+                              "wall_s": round(wall, 3), "last": last, "records": records}
+            done[s.name] = stages[s.name]
+            atomic_write_json(self.out / "state.json", state)
+        results = self.evaluate(train_set, test_set, stages)
+        results["total_wall_s"] = round(time.perf_counter() - t_start, 3)
+        atomic_write_json(self.out / "results.json", results)
+        atomic_write_text(self.out / "results.md", results_table(results))
+        return results
+
+    def evaluate(self, train_set, test_set, stages) -> dict:
+        ev = self.cfg.eval
+        trained_on_labels = {s.model for s in self.cfg.stages if s.kind == "supervised" or s.ce_weight > 0}
+        trained_on_labels |= {n for n, m in self.cfg.models.items() if m.weights}
+        models = {}
+        t0 = time.perf_counter()
+        for name in ev.models or list(self.cfg.models):
+            t1 = time.perf_counter()
+            models[name] = evaluate_representation(
+                self.models[name], self.representation(name), train_set, test_set, metrics=ev.metrics,
+                k=ev.k, head=name in trained_on_labels, legacy=ev.legacy, batch_size=self.cfg.data.eval_batch_size)
+            models[name]["arch"], models[name]["width"] = self.archs[name]
+            models[name]["params"] = sum(p.numel() for p in self.models[name].parameters())
+            models[name]["eval_wall_s"] = round(time.perf_counter() - t1, 3)
+        return {
+            "title": self.cfg.title,
+            "machine": machine_info(self.device),
+            "data": {"name": self.cfg.data.name, "train": len(train_set), "test": len(test_set)},
+            "stages": {k: {kk: vv for kk, vv in v.items() if kk != "records"} for k, v in stages.items()},
+            "models": models,
+            "eval_wall_s": round(time.perf_counter() - t0, 3),
+        }
+
+
+def results_table(results: dict) -> str:
+    """A Markdown table: one row per model, the paper's columns first."""
+    rows = ["| model | arch | params | cos mAP | euc mAP | cos P@10 | cos P@100 | NCM acc | head acc | legacy cos mAP |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(x):
+        return "—" if x is None else f"{x:.2f}"
+
+    for name, r in results["models"].items():
+        cos, euc = r.get("cosine", {}), r.get("euclidean", {})
+        p = cos.get("precision_at", {})
+        rows.append(
+            f"| {name} | {r['arch']}×{r['width']:g} | {r['params']:,} | {f(cos.get('map'))} | {f(euc.get('map'))} | "
+            f"{f(p.get(10))} | {f(p.get(100))} | {f(r.get('ncm_acc'))} | {f(r.get('head_acc'))} | "
+            f"{f(cos.get('legacy', {}).get('map'))} |")
+    m = results.get("machine", {})
+    lines = [f"# {results.get('title') or 'flowkd results'}", "",
+             f"data: {results['data']['name']} ({results['data']['train']} train / {results['data']['test']} test); "
+             f"machine: {m.get('gpu') or m.get('device')}, torch {m.get('torch')}, {m.get('cpu_threads')} CPU threads", "",
+             *rows, "", "| stage | model | teacher | epochs | wall s |", "|---|---|---|---:|---:|"]
+    for name, s in results["stages"].items():
+        lines.append(f"| {name} | {s['model']} | {s.get('teacher') or '—'} | {s['epochs']} | {s['wall_s']:.1f} |")
+    if "total_wall_s" in results:
+        lines += ["", f"total wall time: {results['total_wall_s']:.1f} s"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""A small generic registry: one lookup per concept, a miss names the valid choices."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import FlowKDError
+
+__all__ = ["Registry", "closest"]
+
+T = TypeVar("T")
+
+
+def closest(name: str, choices, n: int = 5) -> list[str]:
+    """The valid names nearest to ``name`` (by spelling, then by shared prefix), at most ``n``."""
+    choices = list(choices)
+    near = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if len(near) < n:
+        stem = name.split(".")[0]
+        near += [c for c in choices if c.startswith(stem) and c not in near][: n - len(near)]
+    return near or choices[:n]
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise FlowKDError(
+                f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

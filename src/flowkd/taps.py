@@ -1,0 +1,146 @@
+"""Taps: intermediate outputs of any nn.Module, collected with forward hooks by module name.
+
+A tap is named by a spec string ``"<module>[:input][@G]"``:
+- ``<module>`` is a name from ``model.named_modules()`` (e.g. ``"layer2"``, ``"features.3"``);
+- ``:input`` takes the module's input instead of its output (e.g. ``"linear:input"``, the vector fed to a classifier);
+- ``@G`` average-pools a conv map (N, C, H, W) adaptively to a G x G grid before flattening.
+Every tap yields an (N, D) matrix: the adapter flattens whatever it gets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import FlowKDError
+from .registry import closest
+
+__all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes"]
+
+_SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+))?$")
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    spec: str
+    module: str
+    use_input: bool = False
+    grid: int | None = None
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Turn whatever the module produced into an (N, D) matrix."""
+        if self.grid is not None:
+            if x.dim() != 4:
+                raise FlowKDError(f"tap {self.spec!r}: @{self.grid} pools a conv map (N,C,H,W) but got shape {tuple(x.shape)}")
+            x = F.adaptive_avg_pool2d(x, self.grid)
+        return x.flatten(1)
+
+
+def parse_tap(spec: str) -> TapSpec:
+    m = _SPEC.match(spec)
+    if not m or (m["grid"] is not None and int(m["grid"]) < 1):
+        raise FlowKDError(f"bad tap spec {spec!r}; expected '<module>[:input][@grid]', e.g. 'layer1@4' or 'linear:input'")
+    return TapSpec(spec, m["name"], bool(m["input"]), int(m["grid"]) if m["grid"] else None)
+
+
+def _first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    raise FlowKDError(f"tap got a {type(value).__name__}, not a tensor")
+
+
+class Taps:
+    """Hooks on ``model`` for each tap spec; ``taps(x)`` returns ``(output, {spec: (N, D) tensor})``.
+
+    Outputs are stored only during ``__call__`` and handed over once, so a model used elsewhere keeps no
+    stale activations. An unknown module name fails here, naming the closest valid ones.
+    """
+
+    def __init__(self, model: nn.Module, specs: Iterable[str]):
+        self.model = model
+        self.specs = [parse_tap(s) if isinstance(s, str) else s for s in specs]
+        modules = dict(model.named_modules())
+        self._store: dict[str, torch.Tensor] = {}
+        self._active = False
+        self._handles = []
+        for tap in dict.fromkeys(self.specs):  # one hook per distinct spec
+            if tap.module not in modules or tap.module == "":
+                valid = [n for n in modules if n]
+                raise FlowKDError(
+                    f"unknown layer {tap.module!r} in {type(model).__name__}; closest valid names: "
+                    + ", ".join(closest(tap.module, valid))
+                )
+            mod = modules[tap.module]
+            if tap.use_input:
+                h = mod.register_forward_pre_hook(self._pre_hook(tap))
+            else:
+                h = mod.register_forward_hook(self._hook(tap))
+            self._handles.append(h)
+
+    def _hook(self, tap: TapSpec):
+        def fn(module, inputs, output):
+            if self._active:
+                self._store[tap.spec] = tap.adapt(_first_tensor(output))
+        return fn
+
+    def _pre_hook(self, tap: TapSpec):
+        def fn(module, inputs):
+            if self._active:
+                self._store[tap.spec] = tap.adapt(_first_tensor(inputs))
+        return fn
+
+    def __call__(self, *args, **kwargs):
+        self._store.clear()
+        self._active = True
+        try:
+            out = self.model(*args, **kwargs)
+        finally:
+            self._active = False
+        feats, self._store = self._store, {}
+        missing = [t.spec for t in self.specs if t.spec not in feats]
+        if missing:
+            raise FlowKDError(f"taps {missing} did not fire during {type(self.model).__name__}.forward")
+        return out, feats
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+@torch.no_grad()
+def layer_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, module type, output shape) for every named submodule that produced a tensor on ``example``."""
+    shapes: dict[str, tuple] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def fn(m, i, o, name=name):
+            if isinstance(o, torch.Tensor) and name not in shapes:
+                shapes[name] = (type(m).__name__, tuple(o.shape))
+
+        handles.append(mod.register_forward_hook(fn))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return [(n, t, s) for n, (t, s) in shapes.items()]
