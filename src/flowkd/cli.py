@@ -79,7 +79,8 @@ def _eval(args) -> int:
     from .models import create_model
     from .pipeline import load_data, pick_device
 
-    cfg = Config(data=DataConfig(name=args.data, root=args.root or "", eval_batch_size=args.batch_size),
+    cfg = Config(data=DataConfig(name=args.data, root=args.root or "", cache_dir=args.cache_dir,
+                                 eval_batch_size=args.batch_size),
                  device=args.device or "auto")
     train_set, test_set = load_data(cfg)
     dev = pick_device(cfg.device)
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tap", default="", help="representation tap (default: the model's own)")
     e.add_argument("--data", default="digits")
     e.add_argument("--root", default="")
+    e.add_argument("--cache-dir", default="", help="decoded-image cache for image folders")
     e.add_argument("--device", default="")
     e.add_argument("--batch-size", type=int, default=1024)
     e.add_argument("--k", type=int, nargs="+", default=[10, 100])

@@ -22,7 +22,7 @@ from .errors import FlowKDError
 
 __all__ = ["evaluate", "LEVELS"]
 
-LEVELS = torch.linspace(0, 1, 11, dtype=torch.float64)
+LEVELS = torch.tensor([i / 10 for i in range(11)], dtype=torch.float64)
 
 
 def _rev_cummax(x: torch.Tensor) -> torch.Tensor:
@@ -30,15 +30,19 @@ def _rev_cummax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _level_index(hits: torch.Tensor, relevant: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """For each query and recall level, the first rank whose recall is nearest the level (B, L)."""
-    hf = hits.double()
-    target = levels[None, :] * relevant[:, None].double()
-    n = hits.shape[1]
-    up = torch.searchsorted(hf, target, side="left").clamp_max(n - 1)
+    """For each query and recall level, the first rank whose recall is nearest the level (B, L).
+
+    Recall is hits / R in float64 and "nearest" is |recall - level| with the earlier rank winning a
+    tie, exactly as an argmin over all ranks would pick it.
+    """
+    rec = hits.double() / relevant[:, None].double()
+    target = levels[None, :].expand(rec.shape[0], -1).contiguous()
+    n = rec.shape[1]
+    up = torch.searchsorted(rec, target, side="left").clamp_max(n - 1)
     dn = (up - 1).clamp_min(0)
-    h_up, h_dn = hf.gather(1, up), hf.gather(1, dn)
-    take_dn = (up > 0) & ((target - h_dn) <= (h_up - target))
-    first_dn = torch.searchsorted(hf, h_dn, side="left")
+    r_up, r_dn = rec.gather(1, up), rec.gather(1, dn)
+    take_dn = (up > 0) & ((target - r_dn).abs() <= (r_up - target).abs())
+    first_dn = torch.searchsorted(rec, r_dn, side="left")
     return torch.where(take_dn, first_dn, up)
 
 

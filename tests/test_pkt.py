@@ -1,0 +1,143 @@
+"""PKT against an independent, loop-based reference of METHOD.md §1."""
+
+import math
+
+import pytest
+import torch
+
+import flowkd
+from flowkd import FlowKDError, pkt_loss
+
+EPS = 1e-6
+
+
+# ---- naive reference: plain Python loops over the N x N entries --------------------------------
+def ref_kernel(x, name):
+    n = len(x)
+    rows = [[0.0] * n for _ in range(n)]
+    if name == "adaptive_rbf":
+        d2s = [sum((a - b) ** 2 for a, b in zip(x[i], x[j])) for i in range(n) for j in range(n) if i != j]
+        scale = sum(d2s) / len(d2s)
+    for i in range(n):
+        for j in range(n):
+            a, b = x[i], x[j]
+            if name == "cosine":
+                na = math.sqrt(sum(v * v for v in a)) + EPS
+                nb = math.sqrt(sum(v * v for v in b)) + EPS
+                cos = sum((u / na) * (v / nb) for u, v in zip(a, b))
+                rows[i][j] = (cos + 1) / 2
+            elif name == "student_t":
+                d2 = sum((u - v) ** 2 for u, v in zip(a, b))
+                rows[i][j] = 1 / (1 + math.sqrt(max(d2, 0) + EPS))
+            elif name == "rbf":
+                d2 = sum((u - v) ** 2 for u, v in zip(a, b))
+                rows[i][j] = math.exp(-d2 / 2)
+            elif name == "adaptive_rbf":
+                d2 = sum((u - v) ** 2 for u, v in zip(a, b))
+                rows[i][j] = math.exp(-d2 / (scale + EPS))
+    # conditional probabilities: each row divided by its sum, diagonal included
+    return [[v / sum(r) for v in r] for r in rows]
+
+
+def ref_div(p, q, name, eps=EPS):
+    n = len(p)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            lp, lq = math.log(p[i][j] + eps), math.log(q[i][j] + eps)
+            total += (p[i][j] - q[i][j]) * (lp - lq) if name == "jeffreys" else p[i][j] * (lp - lq)
+    return total / (n * n)
+
+
+def ref_pkt(t, s, kernel, divergence):
+    t, s = t.double().tolist(), s.double().tolist()
+    names = ["cosine", "student_t"] if kernel == "combined" else [kernel]
+    return sum(ref_div(ref_kernel(t, k), ref_kernel(s, k), divergence) for k in names)
+
+
+@pytest.fixture
+def feats():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(7, 5, generator=g), torch.randn(7, 3, generator=g) * 2  # Dt != Ds
+
+
+@pytest.mark.parametrize("kernel", ["combined", "cosine", "student_t", "rbf", "adaptive_rbf"])
+@pytest.mark.parametrize("divergence", ["jeffreys", "kl"])
+def test_matches_naive_reference(feats, kernel, divergence):
+    t, s = feats
+    got = pkt_loss(t, s, kernel=kernel, divergence=divergence)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(ref_pkt(t, s, kernel, divergence), rel=1e-4, abs=1e-7)
+
+
+def test_zero_for_identical_and_positive_otherwise(feats):
+    t, s = feats
+    assert pkt_loss(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    assert pkt_loss(t, s).item() > 1e-4
+    # a scaled copy keeps the cosine similarities: cosine PKT is ~0, Student-t is not
+    assert pkt_loss(t, 3 * t, kernel="cosine").item() == pytest.approx(0.0, abs=1e-7)
+    assert pkt_loss(t, 3 * t, kernel="student_t").item() > 1e-4
+
+
+def test_plain_logs_match_reference_without_eps(feats):
+    t, s = feats
+    got = pkt_loss(t, s, kernel="cosine", log_eps=None)
+    p, q = ref_kernel(t.double().tolist(), "cosine"), ref_kernel(s.double().tolist(), "cosine")
+    assert got.item() == pytest.approx(ref_div(p, q, "jeffreys", eps=0.0), rel=1e-4)
+
+
+def test_conv_maps_are_flattened():
+    g = torch.Generator().manual_seed(1)
+    t, s = torch.randn(6, 2, 3, 3, generator=g), torch.randn(6, 4, generator=g)
+    assert pkt_loss(t, s).item() == pytest.approx(ref_pkt(t.flatten(1), s, "combined", "jeffreys"), rel=1e-4)
+
+
+def test_finite_loss_and_grads_for_duplicates_and_zero_rows():
+    t = torch.randn(6, 4)
+    t[1] = t[0]  # duplicate sample
+    t[2] = 0.0  # zero vector
+    s = torch.randn(6, 3)
+    s[3] = s[4]
+    s[5] = 0.0
+    s.requires_grad_(True)
+    for kernel in ["combined", "cosine", "student_t", "rbf", "adaptive_rbf"]:
+        loss = pkt_loss(t, s, kernel=kernel)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(s.grad).all(), kernel
+        s.grad = None
+    z = torch.zeros(4, 3, requires_grad=True)
+    loss = pkt_loss(torch.zeros(4, 5), z)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7) and torch.isfinite(z.grad).all()
+
+
+def test_bf16_inputs_and_autocast_are_computed_in_fp32(feats):
+    t, s = feats
+    ref = pkt_loss(t.bfloat16().float(), s.bfloat16().float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pkt_loss(t.bfloat16(), s.bfloat16())
+        assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_errors():
+    with pytest.raises(FlowKDError, match="unknown kernel 'gauss'"):
+        pkt_loss(torch.randn(3, 2), torch.randn(3, 2), kernel="gauss")
+    with pytest.raises(FlowKDError, match="unknown divergence"):
+        pkt_loss(torch.randn(3, 2), torch.randn(3, 2), divergence="js")
+    with pytest.raises(FlowKDError, match="same batch"):
+        pkt_loss(torch.randn(3, 2), torch.randn(4, 2))
+    with pytest.raises(FlowKDError, match="unknown kernel"):
+        flowkd.PKTLoss(kernel="x")
+
+
+def test_gradient_decreases_loss(feats):
+    t, s = feats
+    s = s.clone().requires_grad_(True)
+    opt = torch.optim.Adam([s], lr=0.05)
+    first = pkt_loss(t, s).item()
+    for _ in range(200):
+        opt.zero_grad()
+        pkt_loss(t, s).backward()
+        opt.step()
+    assert pkt_loss(t, s).item() < 0.5 * first
