@@ -46,11 +46,31 @@ def built():
 
 # --- every registered model -------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def tapped(built):
+    """(model, x, logits, features) of one train-mode pass through every flow tap, per model.
+
+    Computed once per model (the ResNet is slow on CPU) and shared: ``test_forward_backward`` backpropagates
+    through these logits, the other tests only read the values.
+    """
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = built(name).train()
+            model.zero_grad(set_to_none=True)
+            x = _input(name, seed=1)
+            with Taps(model, model.flow_taps) as taps:
+                out, feats = taps(x)
+            cache[name] = (model, x, out, feats)
+        return cache[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", MODELS.names())
-def test_forward_backward(built, name):
-    model = built(name).train()
-    model.zero_grad(set_to_none=True)
-    logits = model(_input(name))
+def test_forward_backward(tapped, name):
+    model, _, logits, _ = tapped(name)
     assert logits.shape == (2, 10)
     assert torch.isfinite(logits).all()
     F.cross_entropy(logits, torch.tensor([1, 7])).backward()
@@ -62,21 +82,20 @@ def test_forward_backward(built, name):
 
 
 @pytest.mark.parametrize("name", MODELS.names())
-def test_flow_taps_fire(built, name):
-    model = built(name).eval()
+def test_flow_taps_fire(tapped, name):
+    model, x, out, feats = tapped(name)
     taps_names = tuple(model.flow_taps)
     assert len(taps_names) >= 2
     assert taps_names[-1] == model.representation
-    x = _input(name, seed=1)
-    with torch.no_grad():
-        ref = model(x)
-        with Taps(model, taps_names) as taps:
-            out, feats = taps(x)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert set(feats) == set(taps_names)
     for spec, f in feats.items():
         assert f.dim() == 2 and f.shape[0] == 2, spec
         assert torch.isfinite(f).all(), spec
+        assert f.requires_grad, spec  # student taps keep the graph
+    assert out.shape == (2, 10)
+    if name != "preact_resnet18":  # (too slow on CPU twice; its own test checks the logits by hand)
+        with torch.no_grad():  # train-mode BN uses the batch statistics: the same output again
+            torch.testing.assert_close(out, model(x), rtol=0, atol=0)
 
 
 EXPECTED_TAP_DIMS = {
@@ -89,10 +108,8 @@ EXPECTED_TAP_DIMS = {
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TAP_DIMS))
-def test_flow_tap_dims(built, name):
-    model = built(name).eval()
-    with torch.no_grad(), Taps(model, model.flow_taps) as taps:
-        _, feats = taps(_input(name))
+def test_flow_tap_dims(tapped, name):
+    model, _, _, feats = tapped(name)
     assert [feats[t].shape[1] for t in model.flow_taps] == EXPECTED_TAP_DIMS[name]
 
 
@@ -154,11 +171,10 @@ def test_preact_resnet18_names(built):
     assert 11_000_000 < n_params < 11_300_000
 
 
-def test_preact_resnet18_taps_match_submodules(built):
-    m = built("preact_resnet18").eval()
-    x = _input("preact_resnet18", seed=4)
+def test_preact_resnet18_taps_match_submodules(tapped):
+    m, x, out, feats = tapped("preact_resnet18")
+    assert m.training  # BN on the batch statistics, in both passes
     with torch.no_grad():
-        out, feats = Taps(m, m.flow_taps)(x)
         h = F.relu(m.bn1(m.conv1(x)))
         l1 = m.layer1(h)
         l2 = m.layer2(l1)
@@ -166,29 +182,24 @@ def test_preact_resnet18_taps_match_submodules(built):
         l4 = m.layer4(l3)
         rep = l4.mean(dim=(2, 3))
         logits = rep @ m.linear.weight.T + m.linear.bias
-    for hook_mod in m.modules():
-        hook_mod._forward_hooks.clear()
-        hook_mod._forward_pre_hooks.clear()
     assert l1.shape[-2:] == (32, 32) and l3.shape[-2:] == (8, 8) and l4.shape[-2:] == (4, 4)
-    torch.testing.assert_close(feats["layer1@4"], l1.reshape(2, 64, 4, 8, 4, 8).mean((3, 5)).reshape(2, -1))
-    torch.testing.assert_close(feats["layer2@4"], l2.reshape(2, 128, 4, 4, 4, 4).mean((3, 5)).reshape(2, -1))
-    torch.testing.assert_close(feats["layer3@2"], l3.reshape(2, 256, 2, 4, 2, 4).mean((3, 5)).reshape(2, -1))
-    torch.testing.assert_close(feats["linear:input"], rep)
-    torch.testing.assert_close(out, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(feats["layer1@4"].detach(), l1.reshape(2, 64, 4, 8, 4, 8).mean((3, 5)).reshape(2, -1))
+    torch.testing.assert_close(feats["layer2@4"].detach(), l2.reshape(2, 128, 4, 4, 4, 4).mean((3, 5)).reshape(2, -1))
+    torch.testing.assert_close(feats["layer3@2"].detach(), l3.reshape(2, 256, 2, 4, 2, 4).mean((3, 5)).reshape(2, -1))
+    torch.testing.assert_close(feats["linear:input"].detach(), rep)
+    torch.testing.assert_close(out.detach(), logits, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"{CHECKPOINT} not present")
-def test_preact_checkpoint_loads_strict(built):
+def test_preact_checkpoint_loads_strict():
     sd = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
     sd = {k: v.float() for k, v in sd.items()}
     model = create_model("preact_resnet18")
     result = model.load_state_dict(sd, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     torch.testing.assert_close(model.conv1.weight, sd["conv1.weight"])
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.zeros(2, 3, 32, 32))
-    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(model.layer4[1].bn2.running_var, sd["layer4.1.bn2.running_var"])
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 
 # --- create_model / make_auxiliary -------------------------------------------------------------------

@@ -170,8 +170,6 @@ def test_unknown_nested_layer_suggests_siblings(net):
         Taps(net, ["features.9"])
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: Taps.__init__ registers hooks for the valid specs before it "
-                   "raises on an unknown one, and never removes them (leaked hooks on the model)")
 def test_failed_construction_leaves_no_hooks(net):
     with pytest.raises(FlowKDError):
         Taps(net, ["features.0", "head:input", "nope"])

@@ -205,6 +205,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 node = match[0]
             else:
                 node = node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
+                raise FlowKDError(f"override {path!r}: {'.'.join(keys[:i + 1])!r} is a value, not a table")
         if isinstance(node, list):
             raise FlowKDError(f"override {path!r} must name a field of a list entry")
         node[keys[-1]] = _parse_value(text.strip())

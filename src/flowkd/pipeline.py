@@ -26,7 +26,8 @@ from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write
 from .loop import train
 from .models import create_model
 from .schedules import SCHEDULES
-from .stages import TeacherFeatures, distill_step, supervised_step
+from .stages import distill_step, supervised_step
+from .taps import Taps
 
 __all__ = ["Pipeline", "load_data", "pick_device", "machine_info"]
 
@@ -157,20 +158,30 @@ class Pipeline:
         state["config"] = to_dict(self.cfg)
         return state
 
+    def _flow(self, s: StageConfig) -> InformationFlowLoss:
+        return InformationFlowLoss(self._pairs(s), self._schedule(s), s.kernel, s.divergence,
+                                   s.log_eps if s.log_eps > 0 else None)
+
+    def check(self) -> None:
+        """Fail before any training on what can be checked up front: pairs, taps, kernels, schedules."""
+        for s in self.cfg.stages:
+            if s.kind == "distill":
+                flow = self._flow(s)
+                Taps(self.models[s.teacher], flow.teacher_taps).remove()
+                Taps(self.models[s.model], flow.student_taps).remove()
+        for name in self.cfg.eval.models or list(self.cfg.models):
+            Taps(self.models[name], [self.representation(name)]).remove()
+
     def run_stage(self, s: StageConfig, train_set: ArrayDataset, index: int) -> list[dict]:
         model = self.models[s.model]
         loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
                         seed=_seed_for(self.cfg.seed, s.name))
-        cleanup = []
         if s.kind == "supervised":
             step = supervised_step(model)
             info = {"kind": "supervised"}
         else:
-            flow = InformationFlowLoss(self._pairs(s), self._schedule(s), s.kernel, s.divergence,
-                                       s.log_eps if s.log_eps > 0 else None)
-            teacher = TeacherFeatures(self.models[s.teacher], flow.teacher_taps)
-            step, taps = distill_step(model, teacher, flow, s.ce_weight)
-            cleanup += [teacher, taps]
+            flow = self._flow(s)
+            step = distill_step(model, self.models[s.teacher], flow, s.ce_weight)
             info = {"kind": "distill", "pairs": flow.pairs, "schedule": repr(flow.schedule)}
         metrics = self.out / "metrics.jsonl"
         try:
@@ -179,8 +190,8 @@ class Pipeline:
                          on_epoch=lambda r: append_jsonl(metrics, r), name=s.name,
                          show_progress=self.cfg.progress), info
         finally:
-            for c in cleanup:
-                c.remove()
+            if hasattr(step, "close"):
+                step.close()
 
     def run(self) -> dict:
         t_start = time.perf_counter()
@@ -189,6 +200,7 @@ class Pipeline:
         train_set, test_set = self._data if self._data is not None else load_data(self.cfg)
         train_set, test_set = train_set.to(self.device), test_set.to(self.device)
         self._build_models(train_set)
+        self.check()
         done = state["completed"]
         # keep only the metrics of completed stages (a resumed stage starts over)
         kept = [json.dumps(r) for name in done for r in done[name]["records"]]

@@ -52,20 +52,36 @@ def supervised_step(model: nn.Module) -> Callable:
     return step
 
 
-def distill_step(student: nn.Module, teacher: FeatureFn, flow: InformationFlowLoss,
-                 ce_weight: float = 0.0) -> tuple[Callable, Taps]:
-    """The step, and the student's taps (call ``.remove()`` when the stage ends)."""
-    taps = Taps(student, flow.student_taps)
+class distill_step:
+    """The information-flow step: ``teacher`` features vs the ``student``'s taps, optionally + cross-entropy.
 
-    def step(x, y, epoch):
+    ``teacher`` is a network (wrapped in ``TeacherFeatures`` on ``flow.teacher_taps``) or any callable
+    ``images -> {tap: features}``. Hooks stay on the student until ``close()`` (or the ``with`` block ends).
+    """
+
+    def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0):
+        self.teacher = TeacherFeatures(teacher, flow.teacher_taps) if isinstance(teacher, nn.Module) else teacher
+        self.taps = Taps(student, flow.student_taps)
+        self.flow, self.ce_weight = flow, ce_weight
+
+    def __call__(self, x, y, epoch):
         with torch.no_grad():
-            t = teacher(x)
-        out, s = taps(x)
-        terms = flow(t, s, epoch)
-        if ce_weight:
+            t = self.teacher(x)
+        out, s = self.taps(x)
+        terms = self.flow(t, s, epoch)
+        if self.ce_weight:
             ce = F.cross_entropy(out, y)
-            terms["loss"] = terms["loss"] + ce_weight * ce
+            terms["loss"] = terms["loss"] + self.ce_weight * ce
             terms["ce"] = ce.detach()
         return terms
 
-    return step, taps
+    def close(self) -> None:
+        self.taps.remove()
+        if isinstance(self.teacher, TeacherFeatures):
+            self.teacher.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -70,13 +70,14 @@ class Taps:
         self._store: dict[str, torch.Tensor] = {}
         self._active = False
         self._handles = []
-        for tap in dict.fromkeys(self.specs):  # one hook per distinct spec
+        for tap in self.specs:  # every name is checked before any hook goes on
             if tap.module not in modules or tap.module == "":
                 valid = [n for n in modules if n]
                 raise FlowKDError(
                     f"unknown layer {tap.module!r} in {type(model).__name__}; closest valid names: "
                     + ", ".join(closest(tap.module, valid))
                 )
+        for tap in dict.fromkeys(self.specs):  # one hook per distinct spec
             mod = modules[tap.module]
             if tap.use_input:
                 h = mod.register_forward_pre_hook(self._pre_hook(tap))

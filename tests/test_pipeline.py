@@ -1,0 +1,122 @@
+"""End to end on the embedded digits: the CLI, run directories, determinism, resume, failures."""
+
+import json
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+
+from flowkd.cli import main
+
+FAST = [  # a few epochs of every stage: the whole demo pipeline in a couple of seconds
+    "stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
+    "stages.student.epochs=[2, 1]", "stages.student_labels.epochs=[2, 1]", "stages.student_pkt.epochs=[2, 1]",
+]
+DEMO = resources.files("flowkd").joinpath("configs/digits_demo.toml")
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _sets(items):
+    return [a for s in items for a in ("--set", s)]
+
+
+def test_run_writes_checkpoints_metrics_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST)], capsys)
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == {"teacher", "aux", "student", "student_labels", "student_pkt"}
+    for stage in ["teacher", "aux_labels", "aux_pkt", "student", "student_labels", "student_pkt"]:
+        assert (out / "checkpoints" / f"{stage}.pt").is_file()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    per_stage = {}
+    for rec in lines:
+        per_stage.setdefault(rec["stage"], []).append(rec["epoch"])
+    assert per_stage == {"teacher": [0, 1], "aux_labels": [0, 1], "aux_pkt": [0, 1], "student": [0, 1, 2],
+                         "student_labels": [0, 1, 2], "student_pkt": [0, 1, 2]}
+    # the critical-period weights are logged per epoch for the student's intermediate pairs, 1 for the last
+    student = [r for r in lines if r["stage"] == "student"]
+    assert [r["w/pool1~pool1"] for r in student] == pytest.approx([100.0, 70.0, 49.0])
+    assert all(r["w/fc1_relu~fc1_relu"] == 1.0 for r in student)
+    assert [r["lr"] for r in student] == [1e-2, 1e-2, 1e-3]
+    # the aux learns from the teacher's representation only; stage B starts from stage A's weights
+    assert res["stages"]["aux_pkt"]["pairs"] == [["fc2_relu", "fc1_relu"]]
+    for m in res["models"].values():
+        assert 0 <= m["cosine"]["map"] <= 100 and 0 <= m["euclidean"]["map"] <= 100
+    assert "head_acc" in res["models"]["student_labels"] and "head_acc" not in res["models"]["student"]
+    assert (out / "results.md").read_text().startswith("# flowkd demo")
+    assert "| student |" in stdout
+
+
+def test_existing_run_dir_is_refused_and_left_intact(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST)]
+    assert run_cli(args, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "already holds a run" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_resume_skips_completed_stages(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST)]
+    assert run_cli(args, capsys)[0] == 0
+    first = json.loads((out / "results.json").read_text())
+    (out / "results.json").unlink()
+    code, stdout, _ = run_cli(args + ["--resume"], capsys)
+    assert code == 0 and stdout.count("resumed from") == 6
+    again = json.loads((out / "results.json").read_text())
+    assert again["models"]["student"]["cosine"]["map"] == first["models"]["student"]["cosine"]["map"]
+    code, _, err = run_cli(args + ["--resume", "--set", "seed=3"], capsys)
+    assert code == 2 and "config differs" in err
+
+
+def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):
+    maps = []
+    for i, seed in enumerate([5, 5, 6]):
+        code, stdout, _ = run_cli(["demo", "--seed", str(seed), "--out", str(tmp_path / f"d{i}"), "--quiet",
+                                   "--no-progress", *_sets(FAST)], capsys)
+        assert code == 0 and "total time" in stdout
+        res = json.loads((tmp_path / f"d{i}" / "results.json").read_text())
+        maps.append({k: v["cosine"]["map"] for k, v in res["models"].items()})
+    assert maps[0] == maps[1]
+    assert maps[0] != maps[2]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batchsize=3", "unknown config key 'data.batchsize'"),
+    ("data.batch_size='x'", "config key 'data.batch_size' must be int"),
+    ("stages.student.pairs=[['nope', 'pool1']]", "unknown layer 'nope'"),
+    ("stages.student.pairs=[['pool1', 'pool9']]", "unknown layer 'pool9' in SmallCNN; closest valid names: pool"),
+    ("stages.student.kernel='gauss'", "unknown kernel 'gauss'"),
+    ("models.student.arch='resnet999'", "unknown model 'resnet999'"),
+    ("models.teacher.weights='/nonexistent/w.pt'", "weights file not found: /nonexistent/w.pt"),
+    ("stages.student.lr=[inf, inf]", "student: non-finite loss at epoch 0 in term(s) pkt/pool1~pool1"),
+    ("data.name='cifar10'", "data.root is required"),
+])
+def test_bad_input_gives_one_line_and_no_results(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST), "--set", override], capsys)
+    assert code == 2
+    assert err.strip().startswith("flowkd: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (out / "results.json").exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, _, err = run_cli(["run", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "config file not found" in err
+
+
+def test_console_script_entry_point(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "flowkd", "layers", "verytiny"], capture_output=True, text=True)
+    assert r.returncode == 0 and "pool1" in r.stdout and "(8, 15, 15)" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "flowkd", "models"], capture_output=True, text=True)
+    assert r.returncode == 0 and "preact_resnet18" in r.stdout
