@@ -69,6 +69,8 @@ class StageConfig:
     pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep
     pairs_from: str = "representation"  # when `pairs` is empty: representation | flow (the models' own taps)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: str = "pkt"               # per-pair loss: pkt | kd | fitnet | at | sp (see flowkd.losses.baselines)
+    loss_options: dict[str, Union[int, float, str]] = field(default_factory=dict)  # e.g. { temperature = 4.0 }
     kernel: str = "combined"        # combined | cosine | student_t | rbf | adaptive_rbf
     divergence: str = "jeffreys"    # jeffreys | kl
     log_eps: float = 1e-6           # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
@@ -87,6 +89,7 @@ class EvalConfig:
 @dataclass
 class Config:
     seed: int = 0
+    mode: str = "default"           # default | paper: every distill stage re-creates Adam each epoch, plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     progress: bool = True           # progress bars
     title: str = ""
@@ -147,10 +150,16 @@ def _from_dict(cls, data: dict, prefix: str = ""):
 def config_from_dict(data: dict) -> Config:
     cfg = _from_dict(Config, data)
     _validate(cfg)
+    if cfg.mode == "paper":  # the reference code's habits, spelled out on each stage
+        for s in cfg.stages:
+            if s.kind == "distill":
+                s.fresh_optimizer_each_epoch, s.log_eps = True, 0.0
     return cfg
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.mode not in ("default", "paper"):
+        raise FlowKDError(f"mode must be 'default' or 'paper', got {cfg.mode!r}")
     names = [s.name for s in cfg.stages]
     for s in cfg.stages:
         if not s.name:

@@ -1,4 +1,9 @@
-"""The information-flow loss: PKT at several (teacher tap, student tap) pairs, weighted by a schedule."""
+"""The information-flow loss: PKT at several (teacher tap, student tap) pairs, weighted by a schedule.
+
+The per-pair loss is PKT by default; any module ``(teacher, student) -> scalar`` can take its place
+(``pair_losses``), which is how the classic baselines (Hinton KD, FitNets, attention transfer,
+similarity preserving) run through the same pairs, schedule and training loop.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ class InformationFlowLoss(nn.Module):
         kernel: str = "combined",
         divergence: str = "jeffreys",
         log_eps: float | None = 1e-6,
+        *,
+        pair_losses: Sequence[nn.Module] | None = None,
+        term: str = "pkt",
     ):
         super().__init__()
         pairs = [tuple(p) for p in pairs]
@@ -40,7 +48,12 @@ class InformationFlowLoss(nn.Module):
             parse_tap(t), parse_tap(s)
         self.pairs: list[tuple[str, str]] = pairs
         self.schedule = schedule if schedule is not None else CriticalPeriod()
-        self.pkt = PKTLoss(kernel, divergence, log_eps)
+        if pair_losses is None:
+            pair_losses = [PKTLoss(kernel, divergence, log_eps)] * len(pairs)
+        if len(pair_losses) != len(pairs):
+            raise FlowKDError(f"{len(pair_losses)} pair losses for {len(pairs)} layer pairs")
+        self.pair_losses = nn.ModuleList(pair_losses)
+        self.term = term
         self.names = [f"{t}~{s}" for t, s in pairs]
 
     @property
@@ -62,9 +75,9 @@ class InformationFlowLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         total = None
-        for (t, s), name, w in zip(self.pairs, self.names, self.weights(epoch)):
-            value = self.pkt(teacher[t], student[s])
-            terms[f"pkt/{name}"] = value.detach()
+        for (t, s), name, w, loss in zip(self.pairs, self.names, self.weights(epoch), self.pair_losses):
+            value = loss(teacher[t], student[s])
+            terms[f"{self.term}/{name}"] = value.detach()
             terms[f"w/{name}"] = torch.tensor(float(w))
             if w != 0.0:
                 total = w * value if total is None else total + w * value

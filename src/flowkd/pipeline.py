@@ -158,9 +158,33 @@ class Pipeline:
         state["config"] = to_dict(self.cfg)
         return state
 
+    @torch.no_grad()
+    def _tap_shapes(self, name: str, specs) -> dict[str, tuple]:
+        """Per-sample shapes of a model's taps, from a forward pass on two training images."""
+        model = self.models[name]
+        was = model.training
+        model.eval()
+        try:
+            with Taps(model, specs) as taps:
+                x = self.train_set.normalize(self.train_set.images[:2])
+                return {k: tuple(v.shape[1:]) for k, v in taps(x)[1].items()}
+        finally:
+            model.train(was)
+
     def _flow(self, s: StageConfig) -> InformationFlowLoss:
-        return InformationFlowLoss(self._pairs(s), self._schedule(s), s.kernel, s.divergence,
-                                   s.log_eps if s.log_eps > 0 else None)
+        pairs = self._pairs(s)
+        log_eps = s.log_eps if s.log_eps > 0 else None
+        if s.loss == "pkt" and not s.loss_options:
+            return InformationFlowLoss(pairs, self._schedule(s), s.kernel, s.divergence, log_eps)
+        from .losses.baselines import make_pair_loss
+
+        t_shapes = self._tap_shapes(s.teacher, [t for t, _ in pairs])
+        s_shapes = self._tap_shapes(s.model, [st for _, st in pairs])
+        opts = dict(s.loss_options)
+        if s.loss == "pkt":
+            opts = {"kernel": s.kernel, "divergence": s.divergence, "log_eps": log_eps, **opts}
+        losses = [make_pair_loss(s.loss, t_shapes[t], s_shapes[st], **opts) for t, st in pairs]
+        return InformationFlowLoss(pairs, self._schedule(s), pair_losses=losses, term=s.loss).to(self.device)
 
     def check(self) -> None:
         """Fail before any training on what can be checked up front: pairs, taps, kernels, schedules."""
@@ -176,16 +200,19 @@ class Pipeline:
         model = self.models[s.model]
         loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
                         seed=_seed_for(self.cfg.seed, s.name))
+        extra = []
         if s.kind == "supervised":
             step = supervised_step(model)
             info = {"kind": "supervised"}
         else:
             flow = self._flow(s)
             step = distill_step(model, self.models[s.teacher], flow, s.ce_weight)
-            info = {"kind": "distill", "pairs": flow.pairs, "schedule": repr(flow.schedule)}
+            info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule)}
+            extra = list(flow.parameters())  # e.g. FitNets regressors train with the student
         metrics = self.out / "metrics.jsonl"
         try:
             return train(model, loader, step, epochs=s.epochs, lr=s.lr, optimizer=s.optimizer,
+                         params=list(model.parameters()) + extra,
                          weight_decay=s.weight_decay, fresh_optimizer_each_epoch=s.fresh_optimizer_each_epoch,
                          on_epoch=lambda r: append_jsonl(metrics, r), name=s.name,
                          show_progress=self.cfg.progress), info
@@ -199,6 +226,7 @@ class Pipeline:
         atomic_write_json(self.out / "config.json", to_dict(self.cfg))
         train_set, test_set = self._data if self._data is not None else load_data(self.cfg)
         train_set, test_set = train_set.to(self.device), test_set.to(self.device)
+        self.train_set = train_set
         self._build_models(train_set)
         self.check()
         done = state["completed"]
@@ -233,8 +261,11 @@ class Pipeline:
 
     def evaluate(self, train_set, test_set, stages) -> dict:
         ev = self.cfg.eval
-        trained_on_labels = {s.model for s in self.cfg.stages if s.kind == "supervised" or s.ce_weight > 0}
-        trained_on_labels |= {n for n, m in self.cfg.models.items() if m.weights}
+        # a classifier head is scored only where it was trained: the model's last stage used labels, or its
+        # weights were loaded and no stage trained it afterwards
+        last_stage = {s.model: s for s in self.cfg.stages}
+        trained_on_labels = {n for n, s in last_stage.items() if s.kind == "supervised" or s.ce_weight > 0}
+        trained_on_labels |= {n for n, m in self.cfg.models.items() if m.weights and n not in last_stage}
         models = {}
         t0 = time.perf_counter()
         for name in ev.models or list(self.cfg.models):

@@ -3,8 +3,9 @@
 A tap is named by a spec string ``"<module>[:input][@G]"``:
 - ``<module>`` is a name from ``model.named_modules()`` (e.g. ``"layer2"``, ``"features.3"``);
 - ``:input`` takes the module's input instead of its output (e.g. ``"linear:input"``, the vector fed to a classifier);
-- ``@G`` average-pools a conv map (N, C, H, W) adaptively to a G x G grid before flattening.
-Every tap yields an (N, D) matrix: the adapter flattens whatever it gets.
+- ``@G`` average-pools a conv map (N, C, H, W) adaptively to a G x G grid before flattening;
+- ``@map`` keeps the tensor as it is (for losses over spatial maps: attention transfer, FitNets hints).
+Every other tap yields an (N, D) matrix: the adapter flattens whatever it gets.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .registry import closest
 
 __all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes"]
 
-_SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+))?$")
+_SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+|map))?$")
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,12 @@ class TapSpec:
     module: str
     use_input: bool = False
     grid: int | None = None
+    keep_map: bool = False
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """Turn whatever the module produced into an (N, D) matrix."""
+        """Turn whatever the module produced into an (N, D) matrix (or keep it, for ``@map``)."""
+        if self.keep_map:
+            return x
         if self.grid is not None:
             if x.dim() != 4:
                 raise FlowKDError(f"tap {self.spec!r}: @{self.grid} pools a conv map (N,C,H,W) but got shape {tuple(x.shape)}")
@@ -43,8 +47,10 @@ class TapSpec:
 
 def parse_tap(spec: str) -> TapSpec:
     m = _SPEC.match(spec)
+    if m and m["grid"] == "map":
+        return TapSpec(spec, m["name"], bool(m["input"]), None, keep_map=True)
     if not m or (m["grid"] is not None and int(m["grid"]) < 1):
-        raise FlowKDError(f"bad tap spec {spec!r}; expected '<module>[:input][@grid]', e.g. 'layer1@4' or 'linear:input'")
+        raise FlowKDError(f"bad tap spec {spec!r}; expected '<module>[:input][@grid|@map]', e.g. 'layer1@4' or 'linear:input'")
     return TapSpec(spec, m["name"], bool(m["input"]), int(m["grid"]) if m["grid"] else None)
 
 
