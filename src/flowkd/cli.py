@@ -107,6 +107,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from .compare import compare
+
+    out = args.out or tempfile.mkdtemp(prefix="flowkd-compare-")
+    sets = list(args.set) + (["progress=false"] if args.no_progress else [])
+    doc = compare(args.config, args.seeds, out, overrides=sets, results_dir=args.results_dir, name=args.name,
+                  log=(lambda *a: None) if args.quiet else print)
+    print(doc["table"])
+    print(f"wrote {args.results_dir}/compare_{args.name or Path(args.config).stem.removeprefix('compare_')}.json|md"
+          + (" and the bar chart" if doc["plot"] else " (no bar chart: pip install matplotlib)") + f"; runs in {out}")
+    return 0
+
+
 def _layers(args) -> int:
     import torch
 
@@ -169,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, nargs="+", default=[10, 100])
     e.add_argument("--json", default="", help="also write the full results here")
     e.set_defaults(fn=_eval)
+
+    c = sub.add_parser("compare", help="train every method of a comparison config over seeds; one table")
+    c.add_argument("config")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    c.add_argument("--out", default="", help="where the per-seed runs go (default: a temp folder)")
+    c.add_argument("--results-dir", default="results")
+    c.add_argument("--name", default="", help="results/compare_<name>.* (default: from the config file name)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(fn=_compare)
 
     lay = sub.add_parser("layers", help="list a model's tap names and output shapes")
     lay.add_argument("model")

@@ -45,6 +45,7 @@ class ModelConfig:
     auxiliary_of: str = ""          # build as the auxiliary teacher of that model: its arch, width x `width`
     weights: str = ""               # a state_dict to load (strict keys), e.g. a trained teacher
     representation: str = ""        # tap used for evaluation (default: the model's own)
+    label: str = ""                 # display name in tables and plots
 
 
 @dataclass

@@ -274,6 +274,7 @@ class Pipeline:
                 self.models[name], self.representation(name), train_set, test_set, metrics=ev.metrics,
                 k=ev.k, head=name in trained_on_labels, legacy=ev.legacy, batch_size=self.cfg.data.eval_batch_size)
             models[name]["arch"], models[name]["width"] = self.archs[name]
+            models[name]["label"] = self.cfg.models[name].label or name
             models[name]["params"] = sum(p.numel() for p in self.models[name].parameters())
             models[name]["eval_wall_s"] = round(time.perf_counter() - t1, 3)
         return {

@@ -1,0 +1,108 @@
+"""Compare KD methods: run one pipeline config (one student model per method) over several seeds,
+then aggregate every model's metrics as mean ± std into one table, a JSON file and a bar chart."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from .config import load_config
+from .errors import FlowKDError
+from .io import atomic_write_json, atomic_write_text
+from .pipeline import Pipeline
+
+__all__ = ["compare", "aggregate", "compare_table"]
+
+COLUMNS = [("cos mAP", ("cosine", "map")), ("euc mAP", ("euclidean", "map")),
+           ("cos P@10", ("cosine", "precision_at", 10)), ("cos P@100", ("cosine", "precision_at", 100)),
+           ("NCM acc", ("ncm_acc",)), ("head acc", ("head_acc",))]
+
+
+def _get(d, path):
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k, d.get(str(k))) if isinstance(k, int) else d.get(k)
+        if d is None:
+            return None
+    return d
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """``{model: {"label", column: {"mean", "std", "values"}}}`` over the seeds' results."""
+    out = {}
+    for name, first in per_seed[0]["models"].items():
+        row = {"label": first.get("label", name), "params": first["params"]}
+        for col, path in COLUMNS:
+            vals = [_get(r["models"][name], path) for r in per_seed]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                row[col] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                            "values": vals}
+        out[name] = row
+    return out
+
+
+def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float) -> str:
+    cols = [c for c, _ in COLUMNS if any(c in r for r in agg.values())]
+    lines = [f"# {title}", "", f"seeds: {list(seeds)}; machine: {machine.get('gpu') or machine.get('device')}, "
+             f"torch {machine.get('torch')}, {machine.get('cpu_threads')} CPU threads; total wall time {wall:.0f} s",
+             "", "| model | params | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for name, r in agg.items():
+        cells = [f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}" if c in r else "—" for c in cols]
+        lines.append(f"| {r['label']} | {r['params']:,} | " + " | ".join(cells) + " |")
+    lines += ["", "mAP / P@k in %, last epoch of every stage (no best-epoch picking); mean ± sample std over seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(agg: dict, title: str, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [n for n in agg if "cos mAP" in agg[n]]
+    means = [agg[n]["cos mAP"]["mean"] for n in names]
+    stds = [agg[n]["cos mAP"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    ax.barh(range(len(names)), means, xerr=stds, color="#4c72b0", capsize=3)
+    ax.set_yticks(range(len(names)), [agg[n]["label"] for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("cosine retrieval mAP (%)")
+    ax.set_title(title, fontsize=9)
+    for i, m in enumerate(means):
+        ax.text(m + 0.5, i, f"{m:.1f}", va="center", fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print) -> dict:
+    if not seeds:
+        raise FlowKDError("compare needs at least one seed")
+    t0 = time.perf_counter()
+    per_seed = []
+    for seed in seeds:
+        cfg = load_config(config, [*overrides, f"seed={seed}"])
+        log(f"== seed {seed}")
+        per_seed.append(Pipeline(cfg, Path(out_dir) / f"seed{seed}", log=log).run())
+    wall = time.perf_counter() - t0
+    agg = aggregate(per_seed)
+    title = per_seed[0].get("title") or "flowkd comparison"
+    name = name or Path(config).stem.removeprefix("compare_")
+    res = Path(results_dir)
+    doc = {"title": title, "config": str(config), "overrides": list(overrides), "seeds": list(seeds),
+           "machine": per_seed[0]["machine"], "wall_s": round(wall, 1), "models": agg,
+           "stage_wall_s": {k: [r["stages"][k]["wall_s"] for r in per_seed] for k in per_seed[0]["stages"]}}
+    atomic_write_json(res / f"compare_{name}.json", doc)
+    table = compare_table(agg, title, seeds, per_seed[0]["machine"], wall)
+    atomic_write_text(res / f"compare_{name}.md", table)
+    doc["plot"] = str(res / f"compare_{name}.png") if _plot(agg, title, res / f"compare_{name}.png") else None
+    doc["table"] = table
+    return doc
