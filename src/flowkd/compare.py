@@ -73,8 +73,8 @@ def _plot(agg: dict, title: str, path: Path) -> bool:
     ax.invert_yaxis()
     ax.set_xlabel("cosine retrieval mAP (%)")
     ax.set_title(title, fontsize=9)
-    for i, m in enumerate(means):
-        ax.text(m + 0.5, i, f"{m:.1f}", va="center", fontsize=7)
+    for i, (m, sd) in enumerate(zip(means, stds)):
+        ax.text(m + sd + 1.0, i, f"{m:.1f}", va="center", fontsize=7)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

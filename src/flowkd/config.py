@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "StageConfig", "ScheduleConfig", "EvalConfig",
+__all__ = ["Config", "FastConfig", "DataConfig", "ModelConfig", "StageConfig", "ScheduleConfig", "EvalConfig",
            "load_config", "config_from_dict", "apply_overrides", "to_dict"]
 
 
@@ -88,6 +88,14 @@ class EvalConfig:
 
 
 @dataclass
+class FastConfig:
+    amp: str = "none"               # none | bf16: autocast the networks' forward passes (PKT stays fp32)
+    channels_last: bool = False     # models and batches in channels_last memory format
+    compile: bool = False           # torch.compile every trained model (launch-bound small students)
+    inference_teacher: bool = True  # teachers run under torch.inference_mode
+
+
+@dataclass
 class Config:
     seed: int = 0
     mode: str = "default"           # default | paper: every distill stage re-creates Adam each epoch, plain logs
@@ -98,6 +106,7 @@ class Config:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     stages: list[StageConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
 
 
 def _type_name(tp) -> str:
@@ -159,6 +168,8 @@ def config_from_dict(data: dict) -> Config:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.fast.amp not in ("none", "bf16"):
+        raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
     if cfg.mode not in ("default", "paper"):
         raise FlowKDError(f"mode must be 'default' or 'paper', got {cfg.mode!r}")
     names = [s.name for s in cfg.stages]

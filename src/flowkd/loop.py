@@ -63,12 +63,14 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     name: str = "train",
     show_progress: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
     ``fresh_optimizer_each_epoch`` re-creates the optimiser (and its Adam moments) at every epoch, as
     the paper's reference code does for the student; by default one optimiser lives for the whole stage.
-    A non-finite term stops training with the stage, epoch and term named.
+    A non-finite term stops training with the stage, epoch and term named. ``autocast`` (e.g.
+    ``torch.bfloat16``) runs the step under autocast; losses that need fp32 (PKT) compute in fp32.
     """
     if len(epochs) != len(lr) or not epochs:
         raise FlowKDError(f"{name}: epochs {list(epochs)} and lr {list(lr)} must be non-empty lists of equal length")
@@ -89,7 +91,11 @@ def train(
         n_batches = 0
         t0 = time.perf_counter()
         for x, y in progress(loader, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
-            terms = step(x, y, epoch)
+            if autocast is not None:
+                with torch.autocast(device_type=x.device.type, dtype=autocast):
+                    terms = step(x, y, epoch)
+            else:
+                terms = step(x, y, epoch)
             loss = terms["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -115,7 +115,10 @@ class Pipeline:
                 except RuntimeError as e:
                     first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
                     raise FlowKDError(f"model {name!r}: weights {m.weights} do not fit {resolved[name][0]}: {first}") from None
-            self.models[name] = model.to(self.device)
+            model = model.to(self.device)
+            if self.cfg.fast.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.models[name] = model
         self.archs = resolved
 
     def representation(self, name: str) -> str:
@@ -198,15 +201,18 @@ class Pipeline:
 
     def run_stage(self, s: StageConfig, train_set: ArrayDataset, index: int) -> list[dict]:
         model = self.models[s.model]
+        fast = self.cfg.fast
         loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
-                        seed=_seed_for(self.cfg.seed, s.name))
+                        seed=_seed_for(self.cfg.seed, s.name), channels_last=fast.channels_last)
+        if fast.compile:
+            model = torch.compile(model)
         extra = []
         if s.kind == "supervised":
             step = supervised_step(model)
             info = {"kind": "supervised"}
         else:
             flow = self._flow(s)
-            step = distill_step(model, self.models[s.teacher], flow, s.ce_weight)
+            step = distill_step(model, self.models[s.teacher], flow, s.ce_weight, fast.inference_teacher)
             info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule)}
             extra = list(flow.parameters())  # e.g. FitNets regressors train with the student
         metrics = self.out / "metrics.jsonl"
@@ -215,7 +221,8 @@ class Pipeline:
                          params=list(model.parameters()) + extra,
                          weight_decay=s.weight_decay, fresh_optimizer_each_epoch=s.fresh_optimizer_each_epoch,
                          on_epoch=lambda r: append_jsonl(metrics, r), name=s.name,
-                         show_progress=self.cfg.progress), info
+                         show_progress=self.cfg.progress,
+                         autocast=torch.bfloat16 if fast.amp == "bf16" else None), info
         finally:
             if hasattr(step, "close"):
                 step.close()

@@ -27,16 +27,17 @@ FeatureFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 class TeacherFeatures:
     """A frozen network's tap outputs: eval mode (BN running statistics), no autograd."""
 
-    def __init__(self, model: nn.Module, taps):
+    def __init__(self, model: nn.Module, taps, inference_mode: bool = True):
         self.model = model
         self.taps = Taps(model, taps)
+        self.inference_mode = inference_mode
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         was = self.model.training
         self.model.eval()
         try:
-            return self.taps(x)[1]
+            with torch.inference_mode() if self.inference_mode else torch.no_grad():
+                return self.taps(x)[1]
         finally:
             self.model.train(was)
 
@@ -59,8 +60,10 @@ class distill_step:
     ``images -> {tap: features}``. Hooks stay on the student until ``close()`` (or the ``with`` block ends).
     """
 
-    def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0):
-        self.teacher = TeacherFeatures(teacher, flow.teacher_taps) if isinstance(teacher, nn.Module) else teacher
+    def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0,
+                 inference_teacher: bool = True):
+        self.teacher = (TeacherFeatures(teacher, flow.teacher_taps, inference_teacher)
+                        if isinstance(teacher, nn.Module) else teacher)
         self.taps = Taps(student, flow.student_taps)
         self.flow, self.ce_weight = flow, ce_weight
 

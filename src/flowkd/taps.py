@@ -72,7 +72,8 @@ class Taps:
     def __init__(self, model: nn.Module, specs: Iterable[str]):
         self.model = model
         self.specs = [parse_tap(s) if isinstance(s, str) else s for s in specs]
-        modules = dict(model.named_modules())
+        # a torch.compile'd model is called as is, its hooks go on the original module's layers
+        modules = dict(getattr(model, "_orig_mod", model).named_modules())
         self._store: dict[str, torch.Tensor] = {}
         self._active = False
         self._handles = []
