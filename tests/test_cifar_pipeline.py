@@ -70,3 +70,21 @@ def test_resnet_pipeline_end_to_end_on_small_folder(tmp_path, capsys, mode):
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in recs] == ["aux_labels"] * 2 + ["aux_pkt"] * 2 + ["student"] * 2 + ["baseline"]
     assert all(np.isfinite(r["loss"]) for r in recs)
+
+
+def test_cifar_comparison_config_runs_every_method_on_small_folder(tmp_path):
+    """Every method of compare_cifar10.toml (AT/FitNets maps on the ResNet, KD on logits, ablations) trains."""
+    from flowkd.pipeline import Pipeline
+
+    _image_folder(tmp_path / "imgs", {"train": 2, "test": 1})
+    cfg = load_config(ROOT / "configs" / "compare_cifar10.toml",
+                      ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "models.teacher.weights=''",
+                       "device=cpu", "progress=false", "data.batch_size=20", "fast.amp=none"])
+    for s in cfg.stages:
+        s.epochs, s.lr = [1], [1e-3]
+    res = Pipeline(cfg, tmp_path / "run", log=lambda *a: None).run()
+    assert len(res["stages"]) == 13
+    assert list(res["stages"]["at"]["pairs"][0]) == ["layer1@map", "pool1@map"]
+    assert res["stages"]["fitnet_hint"]["loss"] == "fitnet"
+    for name, m in res["models"].items():
+        assert 0 <= m["cosine"]["map"] <= 100, name
