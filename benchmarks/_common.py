@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from pathlib import Path
@@ -13,14 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from flowkd.io import atomic_write_json, atomic_write_text  # noqa: E402
-
-
-def machine(device: torch.device) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+from flowkd.pipeline import machine_info as machine  # noqa: E402,F401
 
 
 def sync(device: torch.device) -> None:
