@@ -64,6 +64,8 @@ def train(
     name: str = "train",
     show_progress: bool = True,
     autocast: torch.dtype | None = None,
+    resume: dict | None = None,
+    checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
@@ -71,6 +73,9 @@ def train(
     the paper's reference code does for the student; by default one optimiser lives for the whole stage.
     A non-finite term stops training with the stage, epoch and term named. ``autocast`` (e.g.
     ``torch.bfloat16``) runs the step under autocast; losses that need fp32 (PKT) compute in fp32.
+    ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
+    continues after epoch e (the model's weights are the caller's to restore; data order and augmentation
+    depend only on the epoch, so the continuation is exact).
     """
     if len(epochs) != len(lr) or not epochs:
         raise FlowKDError(f"{name}: epochs {list(epochs)} and lr {list(lr)} must be non-empty lists of equal length")
@@ -78,7 +83,13 @@ def train(
     total = int(sum(epochs))
     opt = None
     records = []
-    for epoch in range(total):
+    first = 0
+    if resume is not None:
+        first = int(resume["epoch"]) + 1
+        if not fresh_optimizer_each_epoch and first < total:
+            opt = _optimizer(optimizer, params, lr_at(first, epochs, lr), weight_decay)
+            opt.load_state_dict(resume["optimizer"])
+    for epoch in range(first, total):
         rate = lr_at(epoch, epochs, lr)
         if opt is None or fresh_optimizer_each_epoch:
             opt = _optimizer(optimizer, params, rate, weight_decay)
@@ -114,4 +125,6 @@ def train(
         records.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
+        if checkpoint is not None:
+            checkpoint(epoch, opt)
     return records

@@ -53,6 +53,10 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def _cpu_state(module: nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
 def _stratified(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
     if n <= 0 or n >= len(data):
         return data
@@ -199,14 +203,28 @@ class Pipeline:
         for name in self.cfg.eval.models or list(self.cfg.models):
             Taps(self.models[name], [self.representation(name)]).remove()
 
-    def run_stage(self, s: StageConfig, train_set: ArrayDataset, index: int) -> list[dict]:
+    def _partial_path(self, s: StageConfig) -> Path:
+        return self.out / "checkpoints" / f"{s.name}.partial.pt"
+
+    def _load_partial(self, s: StageConfig) -> dict | None:
+        path = self._partial_path(s)
+        if not (self.resume and path.exists()):
+            return None
+        try:
+            return torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise FlowKDError(f"cannot resume from {path}: {str(e).splitlines()[0]}") from None
+
+    def run_stage(self, s: StageConfig, train_set: ArrayDataset, index: int) -> tuple[list[dict], dict]:
+        """Train one stage; after every epoch its full state goes to ``<stage>.partial.pt`` so that
+        ``--resume`` continues exactly where a killed run stopped."""
         model = self.models[s.model]
         fast = self.cfg.fast
         loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
                         seed=_seed_for(self.cfg.seed, s.name), channels_last=fast.channels_last)
         if fast.compile:
             model = torch.compile(model)
-        extra = []
+        extra, flow = [], None
         if s.kind == "supervised":
             step = supervised_step(model)
             info = {"kind": "supervised"}
@@ -216,13 +234,35 @@ class Pipeline:
             info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule)}
             extra = list(flow.parameters())  # e.g. FitNets regressors train with the student
         metrics = self.out / "metrics.jsonl"
+        partial = self._load_partial(s)
+        records: list[dict] = []
+        resume = None
+        if partial is not None:
+            self.models[s.model].load_state_dict(partial["model"])
+            if flow is not None:
+                flow.load_state_dict(partial["flow"])
+            torch.set_rng_state(partial["rng"].cpu())
+            records = list(partial["records"])
+            resume = {"epoch": partial["epoch"], "optimizer": partial["optimizer"]}
+            self.log(f"[{s.name}] resuming after epoch {partial['epoch']}")
+
+        def on_epoch(rec):
+            records.append(rec)
+            append_jsonl(metrics, rec)
+
+        def checkpoint(epoch, opt):
+            atomic_torch_save({"epoch": epoch, "model": _cpu_state(self.models[s.model]),
+                               "flow": _cpu_state(flow) if flow is not None else {},
+                               "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                               "records": records}, self._partial_path(s))
+
         try:
-            return train(model, loader, step, epochs=s.epochs, lr=s.lr, optimizer=s.optimizer,
-                         params=list(model.parameters()) + extra,
-                         weight_decay=s.weight_decay, fresh_optimizer_each_epoch=s.fresh_optimizer_each_epoch,
-                         on_epoch=lambda r: append_jsonl(metrics, r), name=s.name,
-                         show_progress=self.cfg.progress,
-                         autocast=torch.bfloat16 if fast.amp == "bf16" else None), info
+            train(model, loader, step, epochs=s.epochs, lr=s.lr, optimizer=s.optimizer,
+                  params=list(model.parameters()) + extra,
+                  weight_decay=s.weight_decay, fresh_optimizer_each_epoch=s.fresh_optimizer_each_epoch,
+                  on_epoch=on_epoch, checkpoint=checkpoint, resume=resume, name=s.name,
+                  show_progress=self.cfg.progress, autocast=torch.bfloat16 if fast.amp == "bf16" else None)
+            return records, info
         finally:
             if hasattr(step, "close"):
                 step.close()
@@ -237,8 +277,12 @@ class Pipeline:
         self._build_models(train_set)
         self.check()
         done = state["completed"]
-        # keep only the metrics of completed stages (a resumed stage starts over)
+        # keep the metrics of completed stages and of the completed epochs of a stage being resumed
         kept = [json.dumps(r) for name in done for r in done[name]["records"]]
+        for s in self.cfg.stages:
+            partial = self._load_partial(s) if s.name not in done else None
+            if partial is not None:
+                kept += [json.dumps(r) for r in partial["records"]]
         atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
         stages = {}
         for i, s in enumerate(self.cfg.stages):
@@ -252,7 +296,7 @@ class Pipeline:
             t0 = time.perf_counter()
             records, info = self.run_stage(s, train_set, i)
             wall = time.perf_counter() - t0
-            atomic_torch_save({k: v.detach().cpu() for k, v in self.models[s.model].state_dict().items()}, ckpt)
+            atomic_torch_save(_cpu_state(self.models[s.model]), ckpt)
             last = {k: v for k, v in records[-1].items() if k not in ("stage",)} if records else {}
             self.log(f"[{s.name}] {sum(s.epochs)} epochs in {wall:.1f}s; last: "
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
@@ -260,6 +304,7 @@ class Pipeline:
                               "wall_s": round(wall, 3), "last": last, "records": records}
             done[s.name] = stages[s.name]
             atomic_write_json(self.out / "state.json", state)
+            self._partial_path(s).unlink(missing_ok=True)
         results = self.evaluate(train_set, test_set, stages)
         results["total_wall_s"] = round(time.perf_counter() - t_start, 3)
         atomic_write_json(self.out / "results.json", results)

@@ -1,0 +1,82 @@
+"""Exact resume: a run killed with SIGKILL mid-stage continues from its last complete epoch and ends with
+the same metrics as an uninterrupted run; checkpoints holding pickled code are refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import pytest
+import torch
+
+from flowkd.cli import main
+
+DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
+SETS = ["stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
+        "stages.student.epochs=[30, 10]", "stages.student_labels.epochs=[1, 1]", "stages.student_pkt.epochs=[1, 1]",
+        "eval.models=['student', 'aux']", "progress=false"]
+
+
+def _args(out, *extra):
+    a = ["run", DEMO, "--out", str(out), "--no-progress"]
+    for s in SETS:
+        a += ["--set", s]
+    return a + list(extra)
+
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # same threads everywhere: same float sums
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "flowkd", *args], env=ENV, capture_output=True, text=True)
+
+
+def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
+    ref = tmp_path / "ref"
+    assert _cli(*_args(ref)).returncode == 0
+    reference = json.loads((ref / "results.json").read_text())
+
+    out = tmp_path / "killed"
+    env = ENV
+    proc = subprocess.Popen([sys.executable, "-m", "flowkd", *_args(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "checkpoints" / "student.partial.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and torch.load(partial, weights_only=True)["epoch"] >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists() and not list(out.rglob("*.tmp"))
+    epochs_done = torch.load(partial, weights_only=True)["epoch"]
+    assert 3 <= epochs_done < 39
+
+    r = _cli(*_args(out, "--resume"))
+    assert r.returncode == 0, r.stderr
+    assert f"[student] resuming after epoch {epochs_done}" in r.stdout
+    resumed = json.loads((out / "results.json").read_text())
+    for name in ("student", "aux"):
+        assert resumed["models"][name]["cosine"]["map"] == reference["models"][name]["cosine"]["map"]
+        assert resumed["models"][name]["euclidean"]["map"] == reference["models"][name]["euclidean"]["map"]
+    ref_lines = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    new_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
+    assert strip(new_lines) == strip(ref_lines)  # every epoch once, same values
+    assert not partial.exists()
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"weight": Evil()}, bad)
+    code = main(["eval", "--model", "digits_cnn", "--weights", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot read weights {bad}" in err and "pwned" not in err
