@@ -147,6 +147,10 @@ def _models(args) -> int:
     return 0
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowkd", description="Heterogeneous knowledge distillation by information-flow modeling.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -213,6 +217,16 @@ def main(argv=None) -> int:
         return args.fn(args)
     except FlowKDError as e:
         print(f"flowkd: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"flowkd: error: out of memory ({_first_line(e)}); lower data.batch_size / data.eval_batch_size "
+              "or use fast.amp=bf16", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"flowkd: error: out of GPU memory ({_first_line(e)}); lower data.batch_size / data.eval_batch_size "
+              "or use fast.amp=bf16", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flowkd: interrupted", file=sys.stderr)
