@@ -24,8 +24,9 @@ def _run(args) -> int:
     if args.no_progress:
         cfg.progress = False
     res = Pipeline(cfg, args.out, resume=args.resume).run()
-    print(results_table(res))
-    print(f"wrote {Path(args.out) / 'results.json'}")
+    if res:  # rank 0 (the only rank when not distributed)
+        print(results_table(res))
+        print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
 
 

@@ -96,6 +96,11 @@ class FastConfig:
 
 
 @dataclass
+class DistributedConfig:
+    gather_features: bool = False   # all-gather features so PKT's similarity batch is the global batch
+
+
+@dataclass
 class Config:
     seed: int = 0
     mode: str = "default"           # default | paper: every distill stage re-creates Adam each epoch, plain logs
@@ -107,6 +112,7 @@ class Config:
     stages: list[StageConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fast: FastConfig = field(default_factory=FastConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def _type_name(tp) -> str:

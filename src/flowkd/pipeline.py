@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import Config, StageConfig, to_dict
 from .data.arrays import ArrayDataset, Loader
+from .distributed import gather_rows, init_distributed
 from .errors import FlowKDError
 from .evaluation import evaluate_representation
 from .flow import InformationFlowLoss
@@ -88,8 +89,13 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
 
 class Pipeline:
     def __init__(self, cfg: Config, out_dir, *, resume: bool = False, data=None, log=print):
-        self.cfg, self.out, self.resume, self.log = cfg, Path(out_dir), resume, log
+        self.dist = init_distributed(cfg.device)
+        self.main = self.dist.is_main  # rank 0 writes every file and evaluates
+        self.cfg, self.out, self.resume = cfg, Path(out_dir), resume
+        self.log = log if self.main else (lambda *a, **k: None)
         self.device = pick_device(cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self._data = data
         self.models: dict[str, nn.Module] = {}
 
@@ -156,7 +162,9 @@ class Pipeline:
             if not self.resume:
                 if state_path.exists() or (self.out / "results.json").exists():
                     raise FlowKDError(f"{self.out} already holds a run; use --resume to continue it or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
         state = {"completed": {}}
         if self.resume and state_path.exists():
             state = json.loads(state_path.read_text())
@@ -221,7 +229,12 @@ class Pipeline:
         model = self.models[s.model]
         fast = self.cfg.fast
         loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
-                        seed=_seed_for(self.cfg.seed, s.name), channels_last=fast.channels_last)
+                        seed=_seed_for(self.cfg.seed, s.name), channels_last=fast.channels_last,
+                        rank=self.dist.rank, world=self.dist.world)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if fast.compile:
             model = torch.compile(model)
         extra, flow = [], None
@@ -230,7 +243,8 @@ class Pipeline:
             info = {"kind": "supervised"}
         else:
             flow = self._flow(s)
-            step = distill_step(model, self.models[s.teacher], flow, s.ce_weight, fast.inference_teacher)
+            gather = gather_rows if self.dist.enabled and self.cfg.distributed.gather_features else None
+            step = distill_step(model, self.models[s.teacher], flow, s.ce_weight, fast.inference_teacher, gather)
             info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule)}
             extra = list(flow.parameters())  # e.g. FitNets regressors train with the student
         metrics = self.out / "metrics.jsonl"
@@ -248,13 +262,15 @@ class Pipeline:
 
         def on_epoch(rec):
             records.append(rec)
-            append_jsonl(metrics, rec)
+            if self.main:
+                append_jsonl(metrics, rec)
 
         def checkpoint(epoch, opt):
-            atomic_torch_save({"epoch": epoch, "model": _cpu_state(self.models[s.model]),
-                               "flow": _cpu_state(flow) if flow is not None else {},
-                               "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                               "records": records}, self._partial_path(s))
+            if self.main:
+                    atomic_torch_save({"epoch": epoch, "model": _cpu_state(self.models[s.model]),
+                                   "flow": _cpu_state(flow) if flow is not None else {},
+                                   "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+                                   "records": records}, self._partial_path(s))
 
         try:
             train(model, loader, step, epochs=s.epochs, lr=s.lr, optimizer=s.optimizer,
@@ -270,7 +286,8 @@ class Pipeline:
     def run(self) -> dict:
         t_start = time.perf_counter()
         state = self._prepare_dir()
-        atomic_write_json(self.out / "config.json", to_dict(self.cfg))
+        if self.main:
+            atomic_write_json(self.out / "config.json", to_dict(self.cfg))
         train_set, test_set = self._data if self._data is not None else load_data(self.cfg)
         train_set, test_set = train_set.to(self.device), test_set.to(self.device)
         self.train_set = train_set
@@ -283,7 +300,8 @@ class Pipeline:
             partial = self._load_partial(s) if s.name not in done else None
             if partial is not None:
                 kept += [json.dumps(r) for r in partial["records"]]
-        atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
+        if self.main:
+            atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
         stages = {}
         for i, s in enumerate(self.cfg.stages):
             ckpt = self.out / "checkpoints" / f"{s.name}.pt"
@@ -296,19 +314,31 @@ class Pipeline:
             t0 = time.perf_counter()
             records, info = self.run_stage(s, train_set, i)
             wall = time.perf_counter() - t0
-            atomic_torch_save(_cpu_state(self.models[s.model]), ckpt)
+            if not self.dist.same_everywhere(float(sum(p.double().sum() for p in self.models[s.model].parameters())), self.device):
+                raise FlowKDError(f"stage {s.name!r}: the ranks' weights disagree after training")
+            if self.main:
+                atomic_torch_save(_cpu_state(self.models[s.model]), ckpt)
             last = {k: v for k, v in records[-1].items() if k not in ("stage",)} if records else {}
             self.log(f"[{s.name}] {sum(s.epochs)} epochs in {wall:.1f}s; last: "
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
             stages[s.name] = {**info, "model": s.model, "teacher": s.teacher, "epochs": int(sum(s.epochs)),
                               "wall_s": round(wall, 3), "last": last, "records": records}
             done[s.name] = stages[s.name]
-            atomic_write_json(self.out / "state.json", state)
-            self._partial_path(s).unlink(missing_ok=True)
+            if self.main:
+                atomic_write_json(self.out / "state.json", state)
+                self._partial_path(s).unlink(missing_ok=True)
+        self.dist.barrier()
+        if not self.main:
+            self.dist.barrier()  # wait while rank 0 evaluates
+            return {}
         results = self.evaluate(train_set, test_set, stages)
         results["total_wall_s"] = round(time.perf_counter() - t_start, 3)
         atomic_write_json(self.out / "results.json", results)
         atomic_write_text(self.out / "results.md", results_table(results))
+        if self.dist.enabled:
+            results["distributed"] = {"world": self.dist.world, "gather_features": self.cfg.distributed.gather_features}
+            atomic_write_json(self.out / "results.json", results)
+        self.dist.barrier()
         return results
 
     def evaluate(self, train_set, test_set, stages) -> dict:

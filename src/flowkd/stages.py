@@ -58,24 +58,31 @@ class distill_step:
 
     ``teacher`` is a network (wrapped in ``TeacherFeatures`` on ``flow.teacher_taps``) or any callable
     ``images -> {tap: features}``. Hooks stay on the student until ``close()`` (or the ``with`` block ends).
+    ``gather`` (distributed training) all-gathers both sides' features so PKT sees the global batch.
     """
 
     def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0,
-                 inference_teacher: bool = True):
+                 inference_teacher: bool = True, gather: Callable | None = None):
         self.teacher = (TeacherFeatures(teacher, flow.teacher_taps, inference_teacher)
                         if isinstance(teacher, nn.Module) else teacher)
         self.taps = Taps(student, flow.student_taps)
-        self.flow, self.ce_weight = flow, ce_weight
+        self.flow, self.ce_weight, self.gather = flow, ce_weight, gather
+        self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
 
     def __call__(self, x, y, epoch):
         with torch.no_grad():
             t = self.teacher(x)
         out, s = self.taps(x)
+        if self.gather is not None:  # distributed: the similarity batch is the global batch
+            t = {k: self.gather(v.clone()) for k, v in t.items()}
+            s = {k: self.gather(v) for k, v in s.items()}
         terms = self.flow(t, s, epoch)
         if self.ce_weight:
             ce = F.cross_entropy(out, y)
             terms["loss"] = terms["loss"] + self.ce_weight * ce
             terms["ce"] = ce.detach()
+        elif self.ddp:  # DDP wants every parameter in the graph: the unused head gets a zero gradient
+            terms["loss"] = terms["loss"] + 0.0 * out.float().sum()
         return terms
 
     def close(self) -> None:

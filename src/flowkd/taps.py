@@ -21,7 +21,7 @@ from torch import nn
 from .errors import FlowKDError
 from .registry import closest
 
-__all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes"]
+__all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes", "unwrap"]
 
 _SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+|map))?$")
 
@@ -54,6 +54,17 @@ def parse_tap(spec: str) -> TapSpec:
     return TapSpec(spec, m["name"], bool(m["input"]), int(m["grid"]) if m["grid"] else None)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 def _first_tensor(value):
     if isinstance(value, torch.Tensor):
         return value
@@ -72,8 +83,8 @@ class Taps:
     def __init__(self, model: nn.Module, specs: Iterable[str]):
         self.model = model
         self.specs = [parse_tap(s) if isinstance(s, str) else s for s in specs]
-        # a torch.compile'd model is called as is, its hooks go on the original module's layers
-        modules = dict(getattr(model, "_orig_mod", model).named_modules())
+        # a torch.compile'd or DDP-wrapped model is called as is; its hooks go on the inner module's layers
+        modules = dict(unwrap(model).named_modules())
         self._store: dict[str, torch.Tensor] = {}
         self._active = False
         self._handles = []

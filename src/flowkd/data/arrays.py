@@ -86,36 +86,51 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop of the original size from a zero-padded batch, then random horizontal flip, per sample."""
+def draw_crop_flip(n: int, pad: int, gen: torch.Generator, flip: bool = True):
+    """The random draws of ``random_crop_flip`` for n samples: (row offsets, column offsets, flip mask)."""
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen) if pad > 0 else None
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen) if pad > 0 else None
+    mask = (torch.rand(n, generator=gen) < 0.5) if flip else None
+    return oy, ox, mask
+
+
+def apply_crop_flip(x: torch.Tensor, pad: int, oy, ox, mask) -> torch.Tensor:
     n, c, h, w = x.shape
     dev = x.device
     if pad > 0:
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
-        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        rows = (oy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (ox.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
         x = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
-    if flip:
-        mask = (torch.rand(n, generator=gen) < 0.5).to(dev)
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if mask is not None:
+        x = torch.where(mask.to(dev)[:, None, None, None], x.flip(3), x)
     return x
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop of the original size from a zero-padded batch, then random horizontal flip, per sample."""
+    return apply_crop_flip(x, pad, *draw_crop_flip(len(x), pad, gen, flip))
 
 
 class Loader:
     """Batches of (normalised float images, labels) from an ArrayDataset, on the dataset's device.
 
     ``set_epoch(e)`` picks epoch e's order and augmentation; iterating without it replays epoch 0.
+    With ``world > 1`` (distributed training) every rank draws the same order and augmentation and
+    takes its contiguous share of each global batch of ``batch_size``: the ranks' shares together are
+    exactly the single-process batch. A last batch smaller than ``world`` is dropped.
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
                  augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, rank: int = 0, world: int = 1):
         if batch_size < 1:
             raise FlowKDError(f"batch size must be positive, got {batch_size}")
+        if batch_size < world:
+            raise FlowKDError(f"batch size {batch_size} is smaller than the number of processes {world}")
         self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -123,7 +138,9 @@ class Loader:
 
     def __len__(self) -> int:
         n = len(self.data)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last or (self.world > 1 and n % self.batch_size and n % self.batch_size < self.world):
+            return n // self.batch_size
+        return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = epoch_generator(self.seed, self.epoch)
@@ -132,13 +149,16 @@ class Loader:
         order = torch.randperm(n, generator=gen).to(dev) if self.shuffle else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
-            if order is None:
-                x, y = self.data.images[sl], self.data.labels[sl]
-            else:
-                idx = order[sl]
-                x, y = self.data.images[idx], self.data.labels[idx]
-            if self.augment:
-                x = random_crop_flip(x, self.pad, gen)
+            idx = order[sl] if order is not None else torch.arange(sl.start, sl.stop, device=dev)
+            draws = draw_crop_flip(len(idx), self.pad, gen) if self.augment else None
+            if self.world > 1:  # this rank's contiguous share of the global batch
+                part = torch.arange(len(idx)).tensor_split(self.world)[self.rank]
+                lo, hi = int(part[0]), int(part[-1]) + 1
+                idx = idx[lo:hi]
+                draws = tuple(d[lo:hi] if d is not None else None for d in draws) if draws else None
+            x, y = self.data.images[idx], self.data.labels[idx]
+            if draws is not None:
+                x = apply_crop_flip(x, self.pad, *draws)
             x = self.data.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
