@@ -314,7 +314,7 @@ class Pipeline:
             t0 = time.perf_counter()
             records, info = self.run_stage(s, train_set, i)
             wall = time.perf_counter() - t0
-            if not self.dist.same_everywhere(float(sum(p.double().sum() for p in self.models[s.model].parameters())), self.device):
+            if not self.dist.same_everywhere(float(sum(p.detach().double().sum() for p in self.models[s.model].parameters())), self.device):
                 raise FlowKDError(f"stage {s.name!r}: the ranks' weights disagree after training")
             if self.main:
                 atomic_torch_save(_cpu_state(self.models[s.model]), ckpt)
