@@ -75,14 +75,14 @@ def main():
         if not args.skip_baseline:
             t_b, (m, lm) = timed(lambda: reference_style(q.numpy(), ql.numpy(), db.numpy(), dl.numpy(), metric), torch.device("cpu"))
             entry |= {"baseline_s": round(t_b, 3), "baseline_map": m, "baseline_legacy_map": lm,
-                      "speedup": round(t_b / t_f, 2), "same_map": abs(m - r["map"]) < 1e-6 and abs(lm - r["legacy"]["map"]) < 1e-6}
+                      "speedup": round(t_b / t_f, 2), "same_map": abs(m - r["map"]) < 1e-4 and abs(lm - r["legacy"]["map"]) < 1e-4}
         doc["runs"][metric] = entry
         rows.append(f"| {metric} | {entry.get('baseline_s', '—')} | {entry['flowkd_s']} | {entry.get('speedup', '—')} | "
                     f"{entry['map']:.4f} | {entry.get('baseline_map', float('nan')):.4f} | {entry['legacy_map']:.4f} | {entry.get('same_map', '—')} |")
     m = doc["machine"]
     table = "\n".join([f"# Retrieval evaluation, {len(q)} queries x {len(db)} database, {q.shape[1]}-d", "",
                        f"machine: {m.get('gpu') or m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads", "",
-                       "| metric | reference-style s | flowkd s | speed-up | flowkd mAP | reference mAP | flowkd legacy mAP | identical |",
+                       "| metric | reference-style s | flowkd s | speed-up | flowkd mAP | reference mAP | flowkd legacy mAP | same to 1e-4 |",
                        "|---|---:|---:|---:|---:|---:|---:|---|", *rows]) + "\n"
     write("retrieval" + ("" if dev.type == "cpu" else "_" + dev.type), doc, table)
 

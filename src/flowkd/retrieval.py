@@ -39,13 +39,14 @@ def _rev_cummax(x: torch.Tensor) -> torch.Tensor:
     return torch.flip(torch.cummax(torch.flip(x, [1]), 1).values, [1])
 
 
-def _radix_order(dist: np.ndarray) -> np.ndarray:
-    """Stable argsort of float32 rows: the order of (value, index), by two stable 16-bit radix passes."""
+def _radix_relevance(dist: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """``relevant`` (B, N) permuted, row by row, into the stable ascending order of ``dist`` (B, N) float32:
+    an LSD radix sort on the distances' order-preserving uint32 keys, two stable 16-bit passes."""
     bits = (dist + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
-    keys = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # order-preserving float -> uint32
-    first = np.argsort((keys & 0xFFFF).astype(np.uint16), axis=1, kind="stable")
-    high = (np.take_along_axis(keys, first, 1) >> 16).astype(np.uint16)
-    return np.take_along_axis(first, np.argsort(high, axis=1, kind="stable"), 1)
+    keys = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # float order == unsigned order
+    first = np.argsort(keys.astype(np.uint16), axis=1, kind="stable")  # low 16 bits
+    second = np.argsort(np.take_along_axis((keys >> 16).astype(np.uint16), first, 1), axis=1, kind="stable")
+    return np.take_along_axis(np.take_along_axis(relevant, first, 1), second, 1)
 
 
 def _relevance_cpu(dist: torch.Tensor, dl: torch.Tensor, lb: torch.Tensor, threads: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ def _relevance_cpu(dist: torch.Tensor, dl: torch.Tensor, lb: torch.Tensor, threa
 
     def block(s):
         sl = slice(s, min(s + step, len(d)))
-        out[sl] = labels[_radix_order(d[sl])] == qlab[sl, None]
+        out[sl] = _radix_relevance(d[sl], labels[None, :] == qlab[sl, None])
 
     step = max(1, -(-len(d) // threads))
     with ThreadPoolExecutor(threads) as pool:
@@ -169,7 +170,7 @@ def evaluate(
         m = _level_hits(relevant, levels)
         at_levels = interp_hit.gather(1, (m - 1).clamp_min(0))  # m = 0 selects rank 1: the max over all hits
         curves.append(at_levels)
-        hits_at_k = (pos[:, :, None] <= kt[None, None, :]).sum(1)
+        hits_at_k = torch.searchsorted(pos, kt[None, :].expand(len(pos), -1).contiguous(), right=True)
         pks.append(hits_at_k.double() / kt[None, :].double())
         if legacy:
             # reference batches of ``legacy_batch`` queries; a batch of B interpolates only ranks < B - 1,
@@ -179,7 +180,7 @@ def evaluate(
             ranks0 = torch.cat([sel, (kt - 1)[None, :].expand(len(sel), -1)], 1)  # levels, then each k
             h = min(rmax, legacy_batch)
             hp, hprec = pos[:, None, :h], prec_hit[:, None, :h]
-            hits_n = (pos[:, None, :] <= (ranks0 + 1)[:, :, None]).sum(2)
+            hits_n = torch.searchsorted(pos, (ranks0 + 1).contiguous(), right=True)  # hits within ranks 1..n+1
             raw = hits_n.double() / (ranks0 + 1).double()
             in_win = (hp >= (ranks0 + 1)[:, :, None]) & (hp <= bsize[:, None, None])
             win = torch.where(in_win, hprec, torch.zeros((), dtype=torch.float64, device=device)).amax(2)
