@@ -60,7 +60,7 @@ def main():
     def f(x):
         return "—" if x is None else f"{x:.2f}"
 
-    lines = [f"# CIFAR-10 retrieval (test queries vs train database), last epoch", "", args.note, "",
+    lines = ["# CIFAR-10 retrieval (test queries vs train database), last epoch", "", args.note, "",
              "| run | mode | model | arch | cos mAP | euc mAP | P@100 | legacy cos mAP | legacy P@100 | head acc | "
              "paper cos / euc / P@100 | stage | epochs | stage wall s |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowkd.data import readers
+from flowkd.data import imagefolder
 from flowkd.data.readers import NORMALIZATION, load_dataset, read_cifar, read_image_folder, read_stl10
 from flowkd.errors import FlowKDError
 
@@ -283,8 +283,8 @@ def test_image_folder_cache_hit_skips_decoding(tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(readers, "_decode_images", no_decoding)
-    monkeypatch.setattr(readers, "_decode_chunk", no_decoding)
+    monkeypatch.setattr(imagefolder, "_decode_images", no_decoding)
+    monkeypatch.setattr(imagefolder, "_decode_chunk", no_decoding)
     again = read_image_folder(tmp_path, "train", cache_dir=cache, workers=1)
     assert again.meta["cached"] is True and again.meta["hash"] == first.meta["hash"]
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
@@ -331,7 +331,7 @@ def test_image_folder_cache_write_is_atomic(tmp_path, monkeypatch):
         file.write(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt  # the process dies mid-write
 
-    monkeypatch.setattr(readers.np, "savez", crash)
+    monkeypatch.setattr(imagefolder.np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
         read_image_folder(tmp_path, "train", workers=1)
     cache = tmp_path / ".flowkd-cache"
@@ -340,12 +340,12 @@ def test_image_folder_cache_write_is_atomic(tmp_path, monkeypatch):
     def disk_full(file, **arrays):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(readers.np, "savez", disk_full)
+    monkeypatch.setattr(imagefolder.np, "savez", disk_full)
     with pytest.warns(UserWarning, match="could not write the image cache"):
         ds = read_image_folder(tmp_path, "train", workers=1)
     assert ds.meta["cached"] is False and ds.meta["cache"] is None and not list(cache.iterdir())
 
-    monkeypatch.setattr(readers.np, "savez", real_savez)
+    monkeypatch.setattr(imagefolder.np, "savez", real_savez)
     ds = read_image_folder(tmp_path, "train", workers=1)
     Path(ds.meta["cache"]).write_bytes(b"garbage")  # a damaged cache is ignored and rewritten
     with pytest.warns(UserWarning, match="ignoring unreadable cache"):

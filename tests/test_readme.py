@@ -43,7 +43,6 @@ def test_readme_python_example_runs():
     ns = {"MyStudent": MyStudent, "teacher": Teacher(),
           "images": torch.randint(0, 256, (64, 3, 16, 16), generator=g, dtype=torch.uint8),
           "labels": torch.randint(0, 10, (64,), generator=g)}
-    before = None
     exec(compile(code, "README.md", "exec"), ns)
     student, aux = ns["student"], ns["aux"]
     assert aux.embed.out_features == 2 * student.embed.out_features  # the auxiliary is the student x2

@@ -9,7 +9,6 @@ import sys
 import time
 from importlib import resources
 
-import pytest
 import torch
 
 from flowkd.cli import main

@@ -66,14 +66,12 @@ def _demo(args) -> int:
         acc = r.get("head_acc")
         print(f"{label:<40} {r['params']:>7,} {r['cosine']['map']:>8.2f} {r['euclidean']['map']:>8.2f} "
               f"{r['cosine']['precision_at'][10]:>6.2f} {r['ncm_acc']:>8.2f} {'—' if acc is None else f'{acc:.2f}':>8}")
-    print(f"\nmAP and P@10 in %, test images as queries against the training set; NCM = nearest-class-mean probe.")
+    print("\nmAP and P@10 in %, test images as queries against the training set; NCM = nearest-class-mean probe.")
     print(f"total time: {wall:.1f} s   (run directory: {out})")
     return 0
 
 
 def _eval(args) -> int:
-    import torch
-
     from .config import DataConfig, Config
     from .evaluation import evaluate_representation
     from .io import atomic_write_json, load_weights
