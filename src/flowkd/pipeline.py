@@ -311,6 +311,8 @@ class Pipeline:
                 self.log(f"[{s.name}] resumed from {ckpt}")
                 continue
             torch.manual_seed(_seed_for(self.cfg.seed, "train/" + s.name))
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
             t0 = time.perf_counter()
             records, info = self.run_stage(s, train_set, i)
             wall = time.perf_counter() - t0
@@ -323,6 +325,8 @@ class Pipeline:
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
             stages[s.name] = {**info, "model": s.model, "teacher": s.teacher, "epochs": int(sum(s.epochs)),
                               "wall_s": round(wall, 3), "last": last, "records": records}
+            if self.device.type == "cuda":
+                stages[s.name]["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
             done[s.name] = stages[s.name]
             if self.main:
                 atomic_write_json(self.out / "state.json", state)
@@ -388,9 +392,10 @@ def results_table(results: dict) -> str:
     lines = [f"# {results.get('title') or 'flowkd results'}", "",
              f"data: {results['data']['name']} ({results['data']['train']} train / {results['data']['test']} test); "
              f"machine: {m.get('gpu') or m.get('device')}, torch {m.get('torch')}, {m.get('cpu_threads')} CPU threads", "",
-             *rows, "", "| stage | model | teacher | epochs | wall s |", "|---|---|---|---:|---:|"]
+             *rows, "", "| stage | model | teacher | epochs | wall s | peak GPU MiB |", "|---|---|---|---:|---:|---:|"]
     for name, s in results["stages"].items():
-        lines.append(f"| {name} | {s['model']} | {s.get('teacher') or '—'} | {s['epochs']} | {s['wall_s']:.1f} |")
+        lines.append(f"| {name} | {s['model']} | {s.get('teacher') or '—'} | {s['epochs']} | {s['wall_s']:.1f} | "
+                     f"{s.get('peak_gpu_mib', '—')} |")
     if "total_wall_s" in results:
         lines += ["", f"total wall time: {results['total_wall_s']:.1f} s"]
     return "\n".join(lines) + "\n"
