@@ -120,3 +120,19 @@ def test_console_script_entry_point(tmp_path):
     assert r.returncode == 0 and "pool1" in r.stdout and "(8, 15, 15)" in r.stdout
     r = subprocess.run([sys.executable, "-m", "flowkd", "models"], capture_output=True, text=True)
     assert r.returncode == 0 and "preact_resnet18" in r.stdout
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from flowkd.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
