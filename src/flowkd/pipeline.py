@@ -13,12 +13,12 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .config import Config, StageConfig, to_dict
 from .data.arrays import ArrayDataset, Loader
+from .data.load import load_data
 from .distributed import gather_rows, init_distributed
 from .errors import FlowKDError
 from .evaluation import evaluate_representation
@@ -26,11 +26,12 @@ from .flow import InformationFlowLoss
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights
 from .loop import train
 from .models import create_model
+from .report import results_table
 from .schedules import SCHEDULES
 from .stages import distill_step, supervised_step
 from .taps import Taps
 
-__all__ = ["Pipeline", "load_data", "pick_device", "machine_info"]
+__all__ = ["Pipeline", "load_data", "pick_device", "machine_info", "results_table"]
 
 
 def _seed_for(seed: int, name: str) -> int:
@@ -56,35 +57,6 @@ def machine_info(device: torch.device) -> dict:
 
 def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def _stratified(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
-    if n <= 0 or n >= len(data):
-        return data
-    labels = data.labels.cpu().numpy()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    # round-robin over classes in a random order keeps the subset stratified
-    per_class = [order[labels[order] == c] for c in range(data.num_classes)]
-    picked = [idx for group in zip(*per_class) for idx in group][:n] if all(len(p) for p in per_class) else list(order[:n])
-    if len(picked) < n:
-        rest = np.setdiff1d(order, picked, assume_unique=True)
-        picked += list(rest[: n - len(picked)])
-    return data.subset(sorted(picked))
-
-
-def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
-    d = cfg.data
-    if d.name == "digits":
-        from .data.digits import load_digits
-        train_set, test_set = load_digits(d.test_fraction, cfg.seed)
-    else:
-        from .data.readers import load_dataset
-        if not d.root:
-            raise FlowKDError(f"data.root is required for dataset {d.name!r}")
-        opts = {"cache_dir": d.cache_dir} if d.cache_dir else {}
-        train_set, test_set = load_dataset(d.name, d.root, **opts)
-    return _stratified(train_set, d.train_subset, cfg.seed), _stratified(test_set, d.test_subset, cfg.seed + 1)
 
 
 class Pipeline:
@@ -371,31 +343,3 @@ class Pipeline:
             "models": models,
             "eval_wall_s": round(time.perf_counter() - t0, 3),
         }
-
-
-def results_table(results: dict) -> str:
-    """A Markdown table: one row per model, the paper's columns first."""
-    rows = ["| model | arch | params | cos mAP | euc mAP | cos P@10 | cos P@100 | NCM acc | head acc | legacy cos mAP |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def f(x):
-        return "—" if x is None else f"{x:.2f}"
-
-    for name, r in results["models"].items():
-        cos, euc = r.get("cosine", {}), r.get("euclidean", {})
-        p = cos.get("precision_at", {})
-        rows.append(
-            f"| {name} | {r['arch']}×{r['width']:g} | {r['params']:,} | {f(cos.get('map'))} | {f(euc.get('map'))} | "
-            f"{f(p.get(10))} | {f(p.get(100))} | {f(r.get('ncm_acc'))} | {f(r.get('head_acc'))} | "
-            f"{f(cos.get('legacy', {}).get('map'))} |")
-    m = results.get("machine", {})
-    lines = [f"# {results.get('title') or 'flowkd results'}", "",
-             f"data: {results['data']['name']} ({results['data']['train']} train / {results['data']['test']} test); "
-             f"machine: {m.get('gpu') or m.get('device')}, torch {m.get('torch')}, {m.get('cpu_threads')} CPU threads", "",
-             *rows, "", "| stage | model | teacher | epochs | wall s | peak GPU MiB |", "|---|---|---|---:|---:|---:|"]
-    for name, s in results["stages"].items():
-        lines.append(f"| {name} | {s['model']} | {s.get('teacher') or '—'} | {s['epochs']} | {s['wall_s']:.1f} | "
-                     f"{s.get('peak_gpu_mib', '—')} |")
-    if "total_wall_s" in results:
-        lines += ["", f"total wall time: {results['total_wall_s']:.1f} s"]
-    return "\n".join(lines) + "\n"
