@@ -119,6 +119,14 @@ def _compare(args) -> int:
     return 0
 
 
+def _flow(args) -> int:
+    from .analysis.plots import render_flow
+
+    for path in render_flow(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def _layers(args) -> int:
     import torch
 
@@ -196,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(fn=_compare)
+
+    fl = sub.add_parser("flow", help="plot a run's flow.jsonl (per-layer MI over epochs) and an HTML report")
+    fl.add_argument("run_dir")
+    fl.set_defaults(fn=_flow)
 
     lay = sub.add_parser("layers", help="list a model's tap names and output shapes")
     lay.add_argument("model")

@@ -96,6 +96,13 @@ class FastConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    flow_log: bool = False          # log per-layer MI with the labels and per-pair divergences to flow.jsonl
+    probe_size: int = 500           # fixed, stratified training images (no augmentation) used every epoch
+    kernel: str = "gaussian"        # MI kernel: gaussian | cosine
+
+
+@dataclass
 class DistributedConfig:
     gather_features: bool = False   # all-gather features so PKT's similarity batch is the global batch
 
@@ -113,6 +120,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     fast: FastConfig = field(default_factory=FastConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 def _type_name(tp) -> str:

@@ -28,7 +28,7 @@ from .loop import train
 from .models import create_model
 from .report import results_table
 from .schedules import SCHEDULES
-from .stages import distill_step, supervised_step
+from .stages import TeacherFeatures, distill_step, supervised_step
 from .taps import Taps
 
 __all__ = ["Pipeline", "load_data", "pick_device", "machine_info", "results_table"]
@@ -183,6 +183,45 @@ class Pipeline:
         for name in self.cfg.eval.models or list(self.cfg.models):
             Taps(self.models[name], [self.representation(name)]).remove()
 
+    def _flow_probe(self, s: StageConfig, flow):
+        """A function epoch -> flow.jsonl record: the trained model's per-tap QMI with the labels on a fixed
+        probe subset and, for distill stages, each pair's loss on it (see flowkd.analysis)."""
+        from .analysis import quadratic_mi
+        from .data.load import _stratified
+
+        a = self.cfg.analysis
+        probe = _stratified(self.train_set, a.probe_size, self.cfg.seed + 7)
+        x, y = probe.normalize(probe.images), probe.labels
+        model, teacher = self.models[s.model], self.models.get(s.teacher) if s.kind == "distill" else None
+        taps = list(dict.fromkeys([*getattr(model, "flow_taps", ()), *(flow.student_taps if flow else [])]))
+        t_feats = {}
+        if teacher is not None:  # the teacher is frozen: its probe features and their MI are computed once
+            with torch.no_grad():
+                t_feats = TeacherFeatures(teacher, flow.teacher_taps).__call__(x)
+        t_mi = {k: quadratic_mi(v, y, a.kernel) for k, v in t_feats.items()}
+
+        @torch.no_grad()
+        def record(epoch: int) -> dict:
+            t0 = time.perf_counter()
+            was = model.training
+            model.eval()
+            try:
+                with Taps(model, taps) as tp:
+                    feats = tp(x)[1]
+            finally:
+                model.train(was)
+            rec = {"stage": s.name, "epoch": epoch, "model": s.model,
+                   "mi": {k: quadratic_mi(v, y, a.kernel) for k, v in feats.items()}}
+            if flow is not None:
+                rec["teacher"], rec["teacher_mi"] = s.teacher, t_mi
+                rec["weights"] = dict(zip(flow.names, flow.weights(epoch)))
+                rec["divergence"] = {name: float(loss(t_feats[tt], feats[st]))
+                                     for (tt, st), name, loss in zip(flow.pairs, flow.names, flow.pair_losses)}
+            rec["time_s"] = round(time.perf_counter() - t0, 4)
+            return rec
+
+        return record
+
     def _partial_path(self, s: StageConfig) -> Path:
         return self.out / "checkpoints" / f"{s.name}.partial.pt"
 
@@ -232,10 +271,14 @@ class Pipeline:
             resume = {"epoch": partial["epoch"], "optimizer": partial["optimizer"]}
             self.log(f"[{s.name}] resuming after epoch {partial['epoch']}")
 
+        probe = self._flow_probe(s, flow) if self.cfg.analysis.flow_log and self.main else None
+
         def on_epoch(rec):
             records.append(rec)
             if self.main:
                 append_jsonl(metrics, rec)
+            if probe is not None:
+                append_jsonl(self.out / "flow.jsonl", probe(rec["epoch"]))
 
         def checkpoint(epoch, opt):
             if self.main:
