@@ -21,7 +21,7 @@ def test_constant_and_registry():
     assert Constant()(7, 3) == [1.0, 1.0, 1.0]
     assert Constant(weight=0.5, final=2.0)(0, 3) == [0.5, 0.5, 2.0]
     assert set(SCHEDULES.names()) >= {"critical_period", "constant"}
-    with pytest.raises(FlowKDError, match="valid: constant, critical_period"):
+    with pytest.raises(FlowKDError, match="valid: adaptive, constant, critical_period"):
         SCHEDULES.get("cosine")
 
 
@@ -72,3 +72,17 @@ def test_bad_pairs_and_schedule():
     t, s = _feats()
     with pytest.raises(FlowKDError, match="1 weights for 2 layer pairs"):
         flow(t, s, 0)
+
+
+def test_adaptive_schedule_ends_the_critical_period_when_mi_flattens():
+    from flowkd.schedules import AdaptiveCriticalPeriod
+
+    s = AdaptiveCriticalPeriod(init=100, decay=0.5, tol=0.01, patience=2, final=1.0)
+    assert s(0, 3) == [100.0, 100.0, 1.0] and s(7, 3) == [100.0, 100.0, 1.0]  # nothing observed: keep init
+    for v in [1.0, 1.5, 1.8, 1.801, 1.802, 1.9]:
+        s.observe(v)
+    # growth +50%, +20%, +0.06%, +0.06% -> flat for 2 epochs after epoch 4 -> the period ends at epoch 5
+    assert s.end() == 5 and s.end(4) is None
+    assert [s(e, 2)[0] for e in range(8)] == [100, 100, 100, 100, 100, 50, 25, 12.5]
+    assert all(s(e, 2)[1] == 1.0 for e in range(8))
+    assert SCHEDULES.get("adaptive") is AdaptiveCriticalPeriod

@@ -50,10 +50,12 @@ class ModelConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "constant"          # constant | critical_period
+    name: str = "constant"          # constant | critical_period | adaptive
     init: float = 100.0             # critical_period: intermediate weight at epoch 0 ...
     decay: float = 0.7              # ... multiplied by this every epoch
     weight: float = 1.0             # constant: intermediate weight
+    tol: float = 0.01               # adaptive: relative MI growth per epoch below which ...
+    patience: int = 2               # ... for this many epochs the critical period ends
     final: float = 1.0              # weight of the last pair (the final representation)
 
 

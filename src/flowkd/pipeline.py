@@ -125,6 +125,8 @@ class Pipeline:
         cls = SCHEDULES.get(sc.name)
         if sc.name == "critical_period":
             return cls(init=sc.init, decay=sc.decay, final=sc.final)
+        if sc.name == "adaptive":
+            return cls(init=sc.init, decay=sc.decay, tol=sc.tol, patience=sc.patience, final=sc.final)
         return cls(weight=sc.weight, final=sc.final)
 
     # ---- running --------------------------------------------------------------------------------
@@ -271,14 +273,24 @@ class Pipeline:
             resume = {"epoch": partial["epoch"], "optimizer": partial["optimizer"]}
             self.log(f"[{s.name}] resuming after epoch {partial['epoch']}")
 
-        probe = self._flow_probe(s, flow) if self.cfg.analysis.flow_log and self.main else None
+        adaptive = flow is not None and hasattr(flow.schedule, "observe")
+        probe = self._flow_probe(s, flow) if (self.cfg.analysis.flow_log and self.main) or adaptive else None
+        if adaptive:  # replay what a resumed stage had observed
+            for r in records:
+                flow.schedule.observe(r["flow_mi"])
 
         def on_epoch(rec):
+            if probe is not None:
+                info = probe(rec["epoch"])
+                if adaptive:  # the schedule follows the student's intermediate layers (every rank: same probe)
+                    inner = [info["mi"][st] for _, st in flow.pairs[:-1]]
+                    rec["flow_mi"] = sum(inner) / max(len(inner), 1)
+                    flow.schedule.observe(rec["flow_mi"])
+                if self.cfg.analysis.flow_log and self.main:
+                    append_jsonl(self.out / "flow.jsonl", info)
             records.append(rec)
             if self.main:
                 append_jsonl(metrics, rec)
-            if probe is not None:
-                append_jsonl(self.out / "flow.jsonl", probe(rec["epoch"]))
 
         def checkpoint(epoch, opt):
             if self.main:

@@ -6,12 +6,12 @@ the last pair is the final representation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .registry import Registry
 
-__all__ = ["Schedule", "CriticalPeriod", "Constant", "SCHEDULES"]
+__all__ = ["Schedule", "CriticalPeriod", "Constant", "AdaptiveCriticalPeriod", "SCHEDULES"]
 
 SCHEDULES: Registry = Registry("schedule")
 
@@ -47,3 +47,42 @@ class Constant:
 
     def __call__(self, epoch: int, n_pairs: int) -> list[float]:
         return [self.weight] * (n_pairs - 1) + [self.final]
+
+
+@SCHEDULES.register("adaptive")
+@dataclass
+class AdaptiveCriticalPeriod:
+    """The critical period ends when the student's layers stop gaining information, not after a fixed time.
+
+    Intermediate pairs keep ``init`` while the mean quadratic MI of the student's intermediate taps with the
+    labels (measured on a probe set after every epoch and passed to ``observe``) still grows by more than
+    ``tol`` (relative) per epoch; once it has grown less than that for ``patience`` epochs in a row, the
+    critical period is over and the weights decay by ``decay`` per epoch from there. The last pair keeps
+    ``final``. The weights of epoch e depend only on what was observed after epochs 0..e-1.
+    """
+
+    init: float = 100.0
+    decay: float = 0.7
+    tol: float = 0.01
+    patience: int = 2
+    final: float = 1.0
+    history: list = field(default_factory=list)
+
+    def observe(self, value: float) -> None:
+        self.history.append(float(value))
+
+    def end(self, upto: int | None = None) -> int | None:
+        """The first epoch after the critical period, judged from the first ``upto`` observations."""
+        h = self.history[:upto]
+        flat = 0
+        for e in range(1, len(h)):
+            grew = (h[e] - h[e - 1]) / max(abs(h[e - 1]), 1e-12)
+            flat = flat + 1 if grew < self.tol else 0
+            if flat >= self.patience:
+                return e + 1
+        return None
+
+    def __call__(self, epoch: int, n_pairs: int) -> list[float]:
+        end = self.end(epoch)
+        w = self.init if end is None or epoch < end else self.init * self.decay ** (epoch - end + 1)
+        return [w] * (n_pairs - 1) + [self.final]
