@@ -1,5 +1,7 @@
 """Render a run's flow.jsonl: per stage, each tapped layer's QMI with the labels over the epochs, the
-teacher's layers for reference, and the schedule's weights on a second axis; plus one small HTML page."""
+teacher's layers for reference, and the schedule's weights on a second axis; for distillation stages also
+a "distillation plane" (each pair's loss to the teacher vs the student layer's MI, one path per pair over
+the epochs, in the spirit of the information plane); plus one small HTML page."""
 
 from __future__ import annotations
 
@@ -56,6 +58,21 @@ def render_flow(run_dir) -> list[Path]:
         ax.legend(fontsize=6, loc="lower right")
         fig.tight_layout()
         out = run / f"flow_{name}.png"
+        if "divergence" in recs[-1]:  # the distillation plane: distance to the teacher vs information, per pair
+            fig.set_size_inches(12, 4)
+            ax.set_position([0.06, 0.12, 0.42, 0.78])
+            plane = fig.add_axes([0.6, 0.12, 0.36, 0.78])
+            for i, pair in enumerate(recs[-1]["divergence"]):
+                student_tap = pair.split("~", 1)[1]
+                xs = [r["divergence"][pair] for r in recs]
+                ys = [r["mi"][student_tap] for r in recs]
+                plane.plot(xs, ys, marker=".", color=f"C{i}", label=pair)
+                plane.annotate("start", (xs[0], ys[0]), fontsize=6)
+            plane.set_xscale("log")
+            plane.set_xlabel("pair loss to the teacher on the probe (log)")
+            plane.set_ylabel("student layer's MI with the labels")
+            plane.set_title("distillation plane (one path per layer pair, epoch by epoch)", fontsize=9)
+            plane.legend(fontsize=6)
         tmp = out.with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=100)
         plt.close(fig)
