@@ -4,7 +4,7 @@ Each model class carries ``flow_taps`` (tap specs shallow -> deep, the last bein
 representation) and ``representation``; no model has a feature-extraction method: taps use hooks.
 """
 
-from . import cnn, mlp, resnet  # noqa: F401  (fill the registry)
+from . import cnn, hog, mlp, resnet  # noqa: F401  (fill the registry)
 from ._registry import MODELS, create_model, register_model
 from .cnn import SmallCNN
 from .mlp import MLP
