@@ -67,7 +67,20 @@ def tapped(built):
     return get
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+FIXED = {"hog"}  # parameter-free feature extractors (teachers only): no classifier, nothing to train
+TRAINABLE = [n for n in MODELS.names() if n not in FIXED]
+
+
+def test_fixed_extractors_have_no_parameters_and_one_descriptor(tapped):
+    for name in FIXED:
+        model, x, out, feats = tapped(name)
+        assert not list(model.parameters())
+        assert model.flow_taps == (model.representation,)
+        assert out.dim() == 2 and out.shape[0] == 2 and torch.isfinite(out).all()
+        torch.testing.assert_close(feats[model.representation], out)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_forward_backward(tapped, name):
     model, _, logits, _ = tapped(name)
     assert logits.shape == (2, 10)
@@ -80,7 +93,7 @@ def test_forward_backward(tapped, name):
     model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_flow_taps_fire(tapped, name):
     model, x, out, feats = tapped(name)
     taps_names = tuple(model.flow_taps)
