@@ -40,19 +40,12 @@ DEMO_ROWS = [
 
 
 def _demo(args) -> int:
-    from .config import config_from_dict
+    from .config import config_from_toml
     from .pipeline import Pipeline
 
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover
-        import tomli as tomllib
     t0 = time.perf_counter()
     text = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
-    from .config import apply_overrides
-
-    data = apply_overrides(tomllib.loads(text), [f"seed={args.seed}", f"device={args.device}"] + list(args.set))
-    cfg = config_from_dict(data)
+    cfg = config_from_toml(text, [f"seed={args.seed}", f"device={args.device}", *args.set], "demo config")
     cfg.progress = not args.no_progress
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()

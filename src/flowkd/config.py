@@ -22,7 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["Config", "FastConfig", "DataConfig", "ModelConfig", "StageConfig", "ScheduleConfig", "EvalConfig",
-           "load_config", "config_from_dict", "apply_overrides", "to_dict"]
+           "load_config", "config_from_toml", "config_from_dict", "apply_overrides", "to_dict"]
 
 
 @dataclass
@@ -250,15 +250,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def config_from_toml(text: str, overrides: list[str] = (), source: str = "config") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise FlowKDError(f"{source}: invalid TOML: {e}") from None
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
 def load_config(path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FlowKDError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise FlowKDError(f"{path}: invalid TOML: {e}") from None
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    return config_from_toml(path.read_text(), overrides, str(path))
 
 
 def to_dict(cfg) -> dict:

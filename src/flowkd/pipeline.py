@@ -198,8 +198,9 @@ class Pipeline:
         taps = list(dict.fromkeys([*getattr(model, "flow_taps", ()), *(flow.student_taps if flow else [])]))
         t_feats = {}
         if teacher is not None:  # the teacher is frozen: its probe features and their MI are computed once
-            with torch.no_grad():
-                t_feats = TeacherFeatures(teacher, flow.teacher_taps).__call__(x)
+            frozen = TeacherFeatures(teacher, flow.teacher_taps)
+            t_feats = frozen(x)
+            frozen.remove()
         t_mi = {k: quadratic_mi(v, y, a.kernel) for k, v in t_feats.items()}
 
         @torch.no_grad()
@@ -294,7 +295,7 @@ class Pipeline:
 
         def checkpoint(epoch, opt):
             if self.main:
-                    atomic_torch_save({"epoch": epoch, "model": _cpu_state(self.models[s.model]),
+                atomic_torch_save({"epoch": epoch, "model": _cpu_state(self.models[s.model]),
                                    "flow": _cpu_state(flow) if flow is not None else {},
                                    "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
                                    "records": records}, self._partial_path(s))
