@@ -1,4 +1,4 @@
-"""The ``flowkd`` command line: run, demo, eval, layers, models."""
+"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, models."""
 
 from __future__ import annotations
 
@@ -120,21 +120,48 @@ def _flow(args) -> int:
     return 0
 
 
+def _features(args) -> int:
+    from .config import load_config
+    from .pipeline import Pipeline
+
+    cfg = load_config(args.config, args.set)
+    if args.device:
+        cfg.device = args.device
+    t0 = time.perf_counter()
+    bank = Pipeline(cfg, ".").export_features(args.model, args.taps, args.out)
+    print(f"wrote {args.out}: {len(bank)} rows; " + ", ".join(f"{k} {tuple(v)}" for k, v in bank.shapes().items())
+          + f" (+ labels) in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
 def _layers(args) -> int:
     import torch
 
+    from .features import FEATURE_SUFFIXES, load_features
     from .models import create_model
-    from .taps import layer_shapes
+    from .taps import default_representation, layer_shapes
 
+    if args.model.lower().endswith(FEATURE_SUFFIXES):
+        bank = load_features(args.model)
+        print(f"{len(bank)} rows" + (" with labels" if bank.labels is not None else " (no labels: row order unchecked)"))
+        w = max(len(k) for k in bank.features)
+        for k, v in bank.features.items():
+            print(f"{k:<{w}}  {str(v.dtype).replace('torch.', ''):<18} {tuple(v.shape[1:])}")
+        print(f"representation: {bank.representation or '(several taps: set models.X.representation)'}")
+        return 0
     model = create_model(args.model, width=args.width, num_classes=args.num_classes,
                          in_channels=args.in_channels, in_size=args.in_size)
     rows = layer_shapes(model, torch.zeros(2, args.in_channels, args.in_size, args.in_size))
+    if not rows:
+        raise FlowKDError(f"{args.model}: no submodule produced a tensor on a (2, {args.in_channels}, {args.in_size}, {args.in_size}) batch")
     w = max(len(n) for n, _, _ in rows)
     for name, typ, shape in rows:
-        print(f"{name:<{w}}  {typ:<18} {tuple(shape[1:])}")
-    for attr in ("flow_taps", "representation"):
-        if hasattr(model, attr):
-            print(f"{attr}: {getattr(model, attr)}")
+        print(f"{name:<{w}}  {typ:<20} {tuple(shape[1:])}")
+    if hasattr(model, "flow_taps"):
+        print(f"flow_taps: {model.flow_taps}")
+    rep = default_representation(model)
+    print(f"representation: {rep or '(none found: set models.X.representation)'}"
+          + ("" if hasattr(model, "representation") or not rep else "  (default: the last linear layer's input)"))
     return 0
 
 
@@ -202,8 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("run_dir")
     fl.set_defaults(fn=_flow)
 
-    lay = sub.add_parser("layers", help="list a model's tap names and output shapes")
-    lay.add_argument("model")
+    ft = sub.add_parser("features", help="write a model's taps on the training split to a file (precomputed teacher features)")
+    ft.add_argument("config")
+    ft.add_argument("--model", required=True, help="a model of the config (its weights are loaded)")
+    ft.add_argument("--taps", nargs="*", default=[], help="tap specs (default: the model's representation)")
+    ft.add_argument("--out", required=True, help="a .npz or .safetensors file")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ft.add_argument("--device", default="")
+    ft.set_defaults(fn=_features)
+
+    lay = sub.add_parser("layers", help="list a model's tap names and output shapes (or a features file's arrays)")
+    lay.add_argument("model", help="a model name (see `flowkd models`; or timm:NAME, torchvision:NAME, py:MODULE:FACTORY, "
+                                   "fn:MODULE:FUNCTION) or a .npy/.npz/.safetensors features file")
     lay.add_argument("--width", type=float, default=1.0)
     lay.add_argument("--in-channels", type=int, default=3)
     lay.add_argument("--in-size", type=int, default=32)

@@ -40,12 +40,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = ""                  # a registered model name (see `flowkd models`)
+    arch: str = ""                  # a registered name (`flowkd models`), timm:NAME, torchvision:NAME or py:MODULE:FUNCTION
     width: float = 1.0              # channel / hidden-unit multiplier
     auxiliary_of: str = ""          # build as the auxiliary teacher of that model: its arch, width x `width`
-    weights: str = ""               # a state_dict to load (strict keys), e.g. a trained teacher
+    weights: str = ""               # a state_dict to load (strict keys; .pt or .safetensors), e.g. a trained teacher
     representation: str = ""        # tap used for evaluation (default: the model's own)
     label: str = ""                 # display name in tables and plots
+    options: dict[str, Union[bool, int, float, str]] = field(default_factory=dict)  # extra arguments of the model's factory
+    features: str = ""              # a teacher given as precomputed per-sample features (.npy/.npz/.safetensors), no arch
+    precompute: bool = False        # a frozen teacher: compute its taps once (augmentation-free) and keep them on the device
 
 
 @dataclass
@@ -79,6 +82,7 @@ class StageConfig:
     log_eps: float = 1e-6           # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
     ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
     fresh_optimizer_each_epoch: bool = False  # the paper's code re-creates Adam every student epoch
+    augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
 
 
 @dataclass
@@ -112,6 +116,7 @@ class DistributedConfig:
 @dataclass
 class Config:
     seed: int = 0
+    weights_format: str = "pt"      # pt | safetensors: the format of checkpoints/<stage>.* (safetensors: optional extra)
     mode: str = "default"           # default | paper: every distill stage re-creates Adam each epoch, plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     progress: bool = True           # progress bars
@@ -206,14 +211,30 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: each of pairs must be [teacher tap, student tap]")
         if s.pairs_from not in ("representation", "flow"):
             raise FlowKDError(f"stage {s.name!r}: pairs_from must be 'representation' or 'flow'")
+        if s.augment not in (True, False, "auto"):
+            raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
+        frozen = cfg.models[s.model].features or cfg.models[s.model].precompute
+        if frozen:
+            raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has precomputed features and cannot be trained")
+    if cfg.weights_format not in ("pt", "safetensors"):
+        raise FlowKDError(f"weights_format must be 'pt' or 'safetensors', got {cfg.weights_format!r}")
     for name, m in cfg.models.items():
+        if m.features:
+            clash = [k for k in ("arch", "auxiliary_of", "weights") if getattr(m, k)] + (["precompute"] if m.precompute else [])
+            if clash:
+                raise FlowKDError(f"model {name!r}: features (a precomputed teacher) excludes {', '.join(clash)}")
+            continue
         if not m.arch and not m.auxiliary_of:
-            raise FlowKDError(f"model {name!r} needs an arch (or auxiliary_of)")
+            raise FlowKDError(f"model {name!r} needs an arch (or auxiliary_of, or features)")
         if m.auxiliary_of and m.auxiliary_of not in cfg.models:
             raise FlowKDError(f"model {name!r}: auxiliary_of names unknown model {m.auxiliary_of!r}")
+        if m.auxiliary_of and cfg.models[m.auxiliary_of].features:
+            raise FlowKDError(f"model {name!r}: auxiliary_of names {m.auxiliary_of!r}, which is precomputed features, not a network")
     for name in cfg.eval.models:
         if name not in cfg.models:
             raise FlowKDError(f"eval.models: unknown model {name!r}; models: {', '.join(cfg.models)}")
+        if cfg.models[name].features:
+            raise FlowKDError(f"eval.models: {name!r} is precomputed training features; it has no test-set features to evaluate")
     for m in cfg.eval.metrics:
         if m not in ("cosine", "euclidean"):
             raise FlowKDError(f"eval.metrics: unknown metric {m!r}; valid: cosine, euclidean")

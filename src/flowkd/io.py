@@ -12,7 +12,8 @@ import torch
 
 from .errors import FlowKDError
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "load_weights"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "load_weights",
+           "save_weights", "atomic_write_bytes", "safetensors_torch"]
 
 
 def _umask() -> int:
@@ -40,6 +41,10 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
@@ -57,13 +62,38 @@ def append_jsonl(path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def safetensors_torch(purpose: str):
+    """``safetensors.torch``, imported on first use (the optional ``[safetensors]`` extra)."""
+    try:
+        import safetensors.torch as st
+    except ImportError:
+        raise FlowKDError(f"{purpose} needs the safetensors package: pip install 'flowkd[safetensors]'") from None
+    return st
+
+
+def save_weights(state: dict, path) -> None:
+    """Write a state_dict atomically: safetensors for a ``.safetensors`` path, else ``torch.save``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        st = safetensors_torch(f"writing {path}")
+        atomic_write_bytes(path, st.save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}))
+    else:
+        atomic_torch_save(state, path)
+
+
 def load_weights(path) -> dict:
-    """A state_dict from ``path``, read with ``weights_only=True`` (pickled code is refused), cast to float32."""
+    """A state_dict from ``path``, cast to float32: ``.safetensors`` (no code can be stored in it), or a torch
+    file read with ``weights_only=True`` (pickled code is refused)."""
     path = Path(path)
     if not path.is_file():
         raise FlowKDError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            obj = safetensors_torch(f"reading {path}").load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FlowKDError:
+        raise
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
         raise FlowKDError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):

@@ -1,6 +1,7 @@
 """The one training loop. Every stage and every baseline is a ``step`` function plugged into it.
 
-``step(x, y, epoch) -> {"loss": tensor, other named terms...}``; the loop owns the optimiser, the
+``step(x, y, epoch[, index]) -> {"loss": tensor, other named terms...}`` (``index`` when the loader yields
+the batch's sample positions, as ``Loader(with_index=True)`` does); the loop owns the optimiser, the
 learning-rate phases, the epoch averages of every term, the non-finite check, and the progress bar.
 """
 
@@ -101,12 +102,12 @@ def train(
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
         t0 = time.perf_counter()
-        for x, y in progress(loader, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
+        for x, y, *index in progress(loader, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
             if autocast is not None:
                 with torch.autocast(device_type=x.device.type, dtype=autocast):
-                    terms = step(x, y, epoch)
+                    terms = step(x, y, epoch, *index)
             else:
-                terms = step(x, y, epoch)
+                terms = step(x, y, epoch, *index)
             loss = terms["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,7 +1,7 @@
 """One pipeline for every experiment: build data and models, run the stages in order, evaluate, report.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch per stage),
-``checkpoints/<stage>.pt`` (the trained model's weights after each stage), ``state.json`` (the stages
+``checkpoints/<stage>.pt`` (or ``.safetensors``: the trained model's weights after each stage), ``state.json`` (the stages
 completed, for ``--resume``), ``results.json`` and ``results.md``. Every file is written atomically.
 """
 
@@ -22,14 +22,15 @@ from .data.load import load_data
 from .distributed import gather_rows, init_distributed
 from .errors import FlowKDError
 from .evaluation import evaluate_representation
+from .features import FeatureBank, compute_features, load_features
 from .flow import InformationFlowLoss
-from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights
+from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
 from .loop import train
 from .models import create_model
 from .report import results_table
 from .schedules import SCHEDULES
 from .stages import TeacherFeatures, distill_step, supervised_step
-from .taps import Taps
+from .taps import Taps, default_representation
 
 __all__ = ["Pipeline", "load_data", "pick_device", "machine_info", "results_table"]
 
@@ -70,9 +71,10 @@ class Pipeline:
             self.device = torch.device("cuda", self.dist.local_rank)
         self._data = data
         self.models: dict[str, nn.Module] = {}
+        self.banks: dict[str, FeatureBank] = {}  # teachers as per-sample features, aligned with the training set
 
     # ---- building -------------------------------------------------------------------------------
-    def _build_models(self, train_set: ArrayDataset) -> None:
+    def _build_models(self, train_set: ArrayDataset, only: list[str] | None = None) -> None:
         c, h, _ = train_set.shape
         kw = dict(num_classes=train_set.num_classes, in_channels=c, in_size=h)
         resolved: dict[str, tuple[str, float]] = {}
@@ -87,9 +89,15 @@ class Pipeline:
             return m.arch, m.width
 
         for name, m in self.cfg.models.items():
+            if only is not None and name not in only:
+                continue
+            if m.features:
+                self.banks[name] = load_features(m.features, m.representation).align(train_set)
+                resolved[name] = ("features", 1.0)
+                continue
             resolved[name] = arch_of(name)
             torch.manual_seed(_seed_for(self.cfg.seed, name))
-            model = create_model(resolved[name][0], width=resolved[name][1], **kw)
+            model = create_model(resolved[name][0], width=resolved[name][1], options=m.options, **kw)
             if m.weights:
                 state = load_weights(m.weights)
                 try:
@@ -103,8 +111,15 @@ class Pipeline:
             self.models[name] = model
         self.archs = resolved
 
+    def teacher(self, name: str):
+        """What a stage distils from: the model's features when they are precomputed, else the network."""
+        return self.banks.get(name) or self.models[name]
+
     def representation(self, name: str) -> str:
-        tap = self.cfg.models[name].representation or getattr(self.models[name], "representation", "")
+        if name in self.banks:
+            tap = self.banks[name].representation
+        else:
+            tap = self.cfg.models[name].representation or default_representation(self.models[name])
         if not tap:
             raise FlowKDError(f"model {name!r} declares no representation tap: set models.{name}.representation")
         return tap
@@ -114,7 +129,7 @@ class Pipeline:
             return [tuple(p) for p in s.pairs]
         if s.pairs_from == "representation":
             return [(self.representation(s.teacher), self.representation(s.model))]
-        t = getattr(self.models[s.teacher], "flow_taps", None)
+        t = getattr(self.teacher(s.teacher), "flow_taps", None)
         st = getattr(self.models[s.model], "flow_taps", None)
         if not t or not st or len(t) != len(st):
             raise FlowKDError(f"stage {s.name!r}: pairs_from='flow' needs both models to declare the same number of flow_taps; give pairs explicitly")
@@ -150,6 +165,9 @@ class Pipeline:
     @torch.no_grad()
     def _tap_shapes(self, name: str, specs) -> dict[str, tuple]:
         """Per-sample shapes of a model's taps, from a forward pass on two training images."""
+        if name in self.banks:
+            self.banks[name].check_taps(specs)
+            return {k: v for k, v in self.banks[name].shapes().items() if k in specs}
         model = self.models[name]
         was = model.training
         model.eval()
@@ -175,29 +193,57 @@ class Pipeline:
         losses = [make_pair_loss(s.loss, t_shapes[t], s_shapes[st], **opts) for t, st in pairs]
         return InformationFlowLoss(pairs, self._schedule(s), pair_losses=losses, term=s.loss).to(self.device)
 
+    def eval_models(self) -> list[str]:
+        """The models evaluated: ``eval.models``, else every network (precomputed features have no test set)."""
+        return self.cfg.eval.models or [n for n in self.cfg.models if n not in self.banks]
+
     def check(self) -> None:
         """Fail before any training on what can be checked up front: pairs, taps, kernels, schedules."""
         for s in self.cfg.stages:
             if s.kind == "distill":
                 flow = self._flow(s)
-                Taps(self.models[s.teacher], flow.teacher_taps).remove()
+                teacher = self.teacher(s.teacher)
+                if isinstance(teacher, FeatureBank):
+                    teacher.check_taps(flow.teacher_taps)
+                else:
+                    Taps(teacher, flow.teacher_taps).remove()
                 Taps(self.models[s.model], flow.student_taps).remove()
-        for name in self.cfg.eval.models or list(self.cfg.models):
+            if sum(s.epochs) and not any(p.requires_grad for p in self.models[s.model].parameters()):
+                raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has no trainable parameters")
+        for name in self.eval_models():
             Taps(self.models[name], [self.representation(name)]).remove()
+
+    def _precompute(self) -> None:
+        """``precompute = true`` teachers: their taps on the augmentation-free training images, computed once."""
+        for name, m in self.cfg.models.items():
+            if not m.precompute:
+                continue
+            specs = [t for s in self.cfg.stages if s.kind == "distill" and s.teacher == name for t, _ in self._pairs(s)]
+            if not specs:
+                continue
+            t0 = time.perf_counter()
+            bank = compute_features(self.models[name], specs, self.train_set, self.cfg.data.eval_batch_size)
+            self.banks[name] = bank
+            mib = sum(v.numel() * v.element_size() for v in bank.features.values()) / 2**20
+            self.log(f"[{name}] precomputed {', '.join(bank.features)} for {len(bank)} images "
+                     f"({mib:.1f} MiB on {self.device}) in {time.perf_counter() - t0:.1f}s")
 
     def _flow_probe(self, s: StageConfig, flow):
         """A function epoch -> flow.jsonl record: the trained model's per-tap QMI with the labels on a fixed
         probe subset and, for distill stages, each pair's loss on it (see flowkd.analysis)."""
         from .analysis import quadratic_mi
-        from .data.load import _stratified
+        from .data.load import stratified_index
 
         a = self.cfg.analysis
-        probe = _stratified(self.train_set, a.probe_size, self.cfg.seed + 7)
+        where = torch.tensor(stratified_index(self.train_set, a.probe_size, self.cfg.seed + 7), device=self.device)
+        probe = self.train_set.subset(where)
         x, y = probe.normalize(probe.images), probe.labels
-        model, teacher = self.models[s.model], self.models.get(s.teacher) if s.kind == "distill" else None
+        model, teacher = self.models[s.model], self.teacher(s.teacher) if s.kind == "distill" else None
         taps = list(dict.fromkeys([*getattr(model, "flow_taps", ()), *(flow.student_taps if flow else [])]))
         t_feats = {}
-        if teacher is not None:  # the teacher is frozen: its probe features and their MI are computed once
+        if isinstance(teacher, FeatureBank):
+            t_feats = teacher.lookup(where, flow.teacher_taps)
+        elif teacher is not None:  # the teacher is frozen: its probe features and their MI are computed once
             frozen = TeacherFeatures(teacher, flow.teacher_taps)
             t_feats = frozen(x)
             frozen.remove()
@@ -242,9 +288,14 @@ class Pipeline:
         ``--resume`` continues exactly where a killed run stopped."""
         model = self.models[s.model]
         fast = self.cfg.fast
-        loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=self.cfg.data.augment,
+        indexed = s.kind == "distill" and s.teacher in self.banks
+        augment = s.augment if isinstance(s.augment, bool) else self.cfg.data.augment and not indexed
+        if indexed and self.cfg.data.augment and s.augment == "auto":
+            self.log(f"[{s.name}] teacher {s.teacher!r} is precomputed on the augmentation-free images: "
+                     "this stage trains without augmentation (set augment = true to override)")
+        loader = Loader(train_set, self.cfg.data.batch_size, shuffle=True, augment=augment,
                         seed=_seed_for(self.cfg.seed, s.name), channels_last=fast.channels_last,
-                        rank=self.dist.rank, world=self.dist.world)
+                        rank=self.dist.rank, world=self.dist.world, with_index=indexed)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -258,8 +309,9 @@ class Pipeline:
         else:
             flow = self._flow(s)
             gather = gather_rows if self.dist.enabled and self.cfg.distributed.gather_features else None
-            step = distill_step(model, self.models[s.teacher], flow, s.ce_weight, fast.inference_teacher, gather)
-            info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule)}
+            step = distill_step(model, self.teacher(s.teacher), flow, s.ce_weight, fast.inference_teacher, gather)
+            info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule),
+                    "augment": augment, "teacher_precomputed": indexed}
             extra = list(flow.parameters())  # e.g. FitNets regressors train with the student
         metrics = self.out / "metrics.jsonl"
         partial = self._load_partial(s)
@@ -311,6 +363,26 @@ class Pipeline:
             if hasattr(step, "close"):
                 step.close()
 
+    def export_features(self, name: str, taps: list[str], path) -> FeatureBank:
+        """Write model ``name``'s taps on the whole training split (augmentation-free) to ``path`` (.npz or
+        .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``)."""
+        if name not in self.cfg.models:
+            raise FlowKDError(f"unknown model {name!r}; models: {', '.join(self.cfg.models)}")
+        if self.cfg.models[name].features:
+            raise FlowKDError(f"model {name!r} already is precomputed features ({self.cfg.models[name].features})")
+        if self.cfg.data.train_subset:
+            raise FlowKDError("features are exported for the whole training split: unset data.train_subset")
+        from .features import save_features
+
+        train_set, _ = self._data if self._data is not None else load_data(self.cfg)
+        self.train_set = train_set = train_set.to(self.device)
+        self._build_models(train_set, only=[name])
+        taps = taps or [self.representation(name)]
+        Taps(self.models[name], taps).remove()  # unknown names fail before any work
+        bank = compute_features(self.models[name], taps, train_set, self.cfg.data.eval_batch_size)
+        save_features(path, bank)
+        return bank
+
     def run(self) -> dict:
         t_start = time.perf_counter()
         state = self._prepare_dir()
@@ -321,6 +393,7 @@ class Pipeline:
         self.train_set = train_set
         self._build_models(train_set)
         self.check()
+        self._precompute()
         done = state["completed"]
         # keep the metrics of completed stages and of the completed epochs of a stage being resumed
         kept = [json.dumps(r) for name in done for r in done[name]["records"]]
@@ -332,7 +405,7 @@ class Pipeline:
             atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
         stages = {}
         for i, s in enumerate(self.cfg.stages):
-            ckpt = self.out / "checkpoints" / f"{s.name}.pt"
+            ckpt = self.out / "checkpoints" / f"{s.name}.{self.cfg.weights_format}"
             if s.name in done and ckpt.exists():
                 self.models[s.model].load_state_dict(load_weights(ckpt))
                 stages[s.name] = done[s.name]
@@ -347,7 +420,7 @@ class Pipeline:
             if not self.dist.same_everywhere(float(sum(p.detach().double().sum() for p in self.models[s.model].parameters())), self.device):
                 raise FlowKDError(f"stage {s.name!r}: the ranks' weights disagree after training")
             if self.main:
-                atomic_torch_save(_cpu_state(self.models[s.model]), ckpt)
+                save_weights(_cpu_state(self.models[s.model]), ckpt)
             last = {k: v for k, v in records[-1].items() if k not in ("stage",)} if records else {}
             self.log(f"[{s.name}] {sum(s.epochs)} epochs in {wall:.1f}s; last: "
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
@@ -382,7 +455,7 @@ class Pipeline:
         trained_on_labels |= {n for n, m in self.cfg.models.items() if m.weights and n not in last_stage}
         models = {}
         t0 = time.perf_counter()
-        for name in ev.models or list(self.cfg.models):
+        for name in self.eval_models():
             t1 = time.perf_counter()
             models[name] = evaluate_representation(
                 self.models[name], self.representation(name), train_set, test_set, metrics=ev.metrics,

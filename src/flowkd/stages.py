@@ -5,7 +5,8 @@
   with a single pair = PKT on the final representation; stage C with all pairs and a critical-period
   schedule), optionally plus cross-entropy;
 - teachers are anything that maps a batch to ``{tap spec: (N, D) features}``: ``TeacherFeatures`` wraps
-  a network (eval mode, no gradients); a callable (e.g. a handcrafted extractor) works the same way.
+  a network (eval mode, no gradients); a callable (e.g. a handcrafted extractor) works the same way; a
+  ``FeatureBank`` (precomputed features) is looked up by the batch's sample positions instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import FlowKDError
+from .features import FeatureBank
 from .flow import InformationFlowLoss
 from .taps import Taps
 
@@ -46,7 +49,7 @@ class TeacherFeatures:
 
 
 def supervised_step(model: nn.Module) -> Callable:
-    def step(x, y, epoch):
+    def step(x, y, epoch, index=None):
         ce = F.cross_entropy(model(x), y)
         return {"loss": ce, "ce": ce.detach()}
 
@@ -56,8 +59,10 @@ def supervised_step(model: nn.Module) -> Callable:
 class distill_step:
     """The information-flow step: ``teacher`` features vs the ``student``'s taps, optionally + cross-entropy.
 
-    ``teacher`` is a network (wrapped in ``TeacherFeatures`` on ``flow.teacher_taps``) or any callable
-    ``images -> {tap: features}``. Hooks stay on the student until ``close()`` (or the ``with`` block ends).
+    ``teacher`` is a network (wrapped in ``TeacherFeatures`` on ``flow.teacher_taps``), any callable
+    ``images -> {tap: features}``, or a ``FeatureBank`` aligned with the loader's dataset (the step is then
+    called with the batch's sample positions, ``Loader(with_index=True)``). Hooks stay on the student until
+    ``close()`` (or the ``with`` block ends).
     ``gather`` (distributed training) all-gathers both sides' features so PKT sees the global batch.
     """
 
@@ -65,13 +70,21 @@ class distill_step:
                  inference_teacher: bool = True, gather: Callable | None = None):
         self.teacher = (TeacherFeatures(teacher, flow.teacher_taps, inference_teacher)
                         if isinstance(teacher, nn.Module) else teacher)
+        if isinstance(self.teacher, FeatureBank):
+            self.teacher.check_taps(flow.teacher_taps)
         self.taps = Taps(student, flow.student_taps)
         self.flow, self.ce_weight, self.gather = flow, ce_weight, gather
         self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
 
-    def __call__(self, x, y, epoch):
-        with torch.no_grad():
-            t = self.teacher(x)
+    def __call__(self, x, y, epoch, index=None):
+        if isinstance(self.teacher, FeatureBank):
+            if index is None:
+                raise FlowKDError("a teacher given as precomputed features needs the batch's sample positions: "
+                                  "use Loader(..., with_index=True)")
+            t = self.teacher.lookup(index, self.flow.teacher_taps)
+        else:
+            with torch.no_grad():
+                t = self.teacher(x)
         out, s = self.taps(x)
         if self.gather is not None:  # distributed: the similarity batch is the global batch
             t = {k: self.gather(v.clone()) for k, v in t.items()}

@@ -21,7 +21,7 @@ from torch import nn
 from .errors import FlowKDError
 from .registry import closest
 
-__all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes", "unwrap"]
+__all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes", "unwrap", "default_representation"]
 
 _SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+|map))?$")
 
@@ -163,3 +163,14 @@ def layer_shapes(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str
         for h in handles:
             h.remove()
     return [(n, t, s) for n, (t, s) in shapes.items()]
+
+
+def default_representation(model: nn.Module) -> str:
+    """The model's declared ``representation`` tap, else the input of its last linear layer (the vector a
+    classifier reads, e.g. ``fc:input`` for a torchvision/timm ResNet), else ``""``."""
+    model = unwrap(model)
+    declared = getattr(model, "representation", "")
+    if isinstance(declared, str) and declared:
+        return declared
+    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
+    return f"{linear[-1]}:input" if linear else ""

@@ -30,6 +30,8 @@ class ArrayDataset:
     std: Sequence[float] = ()
     name: str = "data"
     meta: dict = field(default_factory=dict)
+    rows: torch.Tensor | None = None  # each sample's row in the full split it came from (None: 0..N-1)
+    source_len: int = 0               # that split's size (0: this dataset is the full split)
 
     def __post_init__(self):
         if isinstance(self.images, np.ndarray):
@@ -47,6 +49,10 @@ class ArrayDataset:
         lo, hi = int(self.labels.min()), int(self.labels.max())
         if lo < 0 or hi >= n_cls:
             raise FlowKDError(f"{self.name}: label {hi if hi >= n_cls else lo} is out of range for {n_cls} classes")
+        if not self.source_len:
+            self.source_len = len(self.images)
+        if self.rows is not None and self.rows.shape != (len(self.images),):
+            raise FlowKDError(f"{self.name}: rows must hold one source row per image")
         c = self.images.shape[1]
         if not self.mean:
             x = self.images.float() / 255.0
@@ -67,13 +73,20 @@ class ArrayDataset:
         return len(self.classes)
 
     def to(self, device) -> "ArrayDataset":
+        rows = self.rows.to(device) if self.rows is not None else None
         return ArrayDataset(self.images.to(device), self.labels.to(device), self.classes, self.mean, self.std,
-                            self.name, self.meta)
+                            self.name, self.meta, rows, self.source_len)
+
+    def source_rows(self) -> torch.Tensor:
+        """Each sample's row in the full split (what per-sample files such as teacher features align with)."""
+        if self.rows is not None:
+            return self.rows
+        return torch.arange(len(self.images), device=self.images.device)
 
     def subset(self, index) -> "ArrayDataset":
         index = torch.as_tensor(index, dtype=torch.long, device=self.images.device)
         return ArrayDataset(self.images[index], self.labels[index], self.classes, self.mean, self.std,
-                            self.name, self.meta)
+                            self.name, self.meta, self.source_rows()[index], self.source_len)
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x_uint8.device).view(1, -1, 1, 1)
@@ -119,18 +132,20 @@ class Loader:
     With ``world > 1`` (distributed training) every rank draws the same order and augmentation and
     takes its contiguous share of each global batch of ``batch_size``: the ranks' shares together are
     exactly the single-process batch. A last batch smaller than ``world`` is dropped.
+    ``with_index=True`` yields ``(x, y, index)``, ``index`` being the samples' positions in ``data`` (what a
+    teacher given as precomputed per-sample features looks its rows up by).
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
                  augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, rank: int = 0, world: int = 1):
+                 channels_last: bool = False, rank: int = 0, world: int = 1, with_index: bool = False):
         if batch_size < 1:
             raise FlowKDError(f"batch size must be positive, got {batch_size}")
         if batch_size < world:
             raise FlowKDError(f"batch size {batch_size} is smaller than the number of processes {world}")
         self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.with_index = rank, world, with_index
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -142,7 +157,7 @@ class Loader:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         gen = epoch_generator(self.seed, self.epoch)
         n = len(self.data)
         dev = self.data.images.device
@@ -162,4 +177,4 @@ class Loader:
             x = self.data.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield (x, y, idx) if self.with_index else (x, y)

@@ -14,6 +14,13 @@ __all__ = ["load_data"]
 def _stratified(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
     if n <= 0 or n >= len(data):
         return data
+    return data.subset(stratified_index(data, n, seed))
+
+
+def stratified_index(data: ArrayDataset, n: int, seed: int) -> list[int]:
+    """Sorted positions of a seeded, class-stratified sample of ``n`` items (all of them if n <= 0 or n >= N)."""
+    if n <= 0 or n >= len(data):
+        return list(range(len(data)))
     labels = data.labels.cpu().numpy()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
@@ -23,7 +30,7 @@ def _stratified(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
     if len(picked) < n:
         rest = np.setdiff1d(order, picked, assume_unique=True)
         picked += list(rest[: n - len(picked)])
-    return data.subset(sorted(picked))
+    return sorted(int(i) for i in picked)
 
 
 def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
