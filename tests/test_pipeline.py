@@ -136,3 +136,23 @@ def test_atomic_writes_have_normal_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_safetensors_checkpoints_reload_and_resume(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    out = tmp_path / "run"
+    args = ["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST), "--set", "weights_format=safetensors"]
+    assert main(args) == 0
+    ckpt = out / "checkpoints" / "teacher.safetensors"
+    assert ckpt.is_file() and not (out / "checkpoints" / "teacher.pt").exists()
+    res = json.loads((out / "results.json").read_text())
+    # the file alone reproduces the teacher's evaluation
+    assert main(["eval", "--model", "mlp", "--width", "2", "--weights", str(ckpt), "--json", str(tmp_path / "e.json")]) == 0
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert abs(ev["cosine"]["map"] - res["models"]["teacher"]["cosine"]["map"]) < 1e-6
+    # resuming a finished run loads every stage from its .safetensors checkpoint and gives the same results
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["models"]["student"]["cosine"]["map"] == res["models"]["student"]["cosine"]["map"]

@@ -67,7 +67,7 @@ def _demo(args) -> int:
 def _eval(args) -> int:
     from .config import DataConfig, Config
     from .evaluation import evaluate_representation
-    from .io import atomic_write_json, load_weights
+    from .io import atomic_write_json, load_into
     from .models import create_model
     from .pipeline import load_data, pick_device
 
@@ -79,11 +79,12 @@ def _eval(args) -> int:
     c, h, _ = train_set.shape
     model = create_model(args.model, width=args.width, num_classes=train_set.num_classes, in_channels=c, in_size=h)
     if args.weights:
-        try:
-            model.load_state_dict(load_weights(args.weights), strict=True)
-        except RuntimeError as e:
-            raise FlowKDError(f"weights {args.weights} do not fit {args.model}: {str(e).splitlines()[0]}") from None
-    tap = args.tap or model.representation
+        load_into(model, args.weights, f"{args.model} x{args.width:g}")
+    from .taps import default_representation
+
+    tap = args.tap or default_representation(model)
+    if not tap:
+        raise FlowKDError(f"{args.model} declares no representation: name one with --tap (see `flowkd layers {args.model}`)")
     t0 = time.perf_counter()
     res = evaluate_representation(model.to(dev), tap, train_set.to(dev), test_set.to(dev), k=args.k,
                                   head=True, legacy=True, batch_size=args.batch_size)
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_demo)
 
     e = sub.add_parser("eval", help="retrieval mAP / P@k and accuracy of a model's representation")
-    e.add_argument("--model", required=True, help="registered model name (see `flowkd models`)")
+    e.add_argument("--model", required=True, help="model name (see `flowkd models`; or timm:NAME, torchvision:NAME, py:MODULE:FACTORY)")
     e.add_argument("--weights", default="")
     e.add_argument("--width", type=float, default=1.0)
     e.add_argument("--tap", default="", help="representation tap (default: the model's own)")

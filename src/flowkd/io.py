@@ -13,7 +13,7 @@ import torch
 from .errors import FlowKDError
 
 __all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "load_weights",
-           "save_weights", "atomic_write_bytes", "safetensors_torch"]
+           "save_weights", "load_into", "atomic_write_bytes", "safetensors_torch"]
 
 
 def _umask() -> int:
@@ -101,3 +101,13 @@ def load_weights(path) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FlowKDError(f"{path} does not hold a state_dict of tensors")
     return {k: (v.float() if v.is_floating_point() else v) for k, v in obj.items()}
+
+
+def load_into(model: torch.nn.Module, path, what: str) -> None:
+    """Load the state_dict at ``path`` into ``model`` with strict keys; a mismatch names its first problem."""
+    try:
+        model.load_state_dict(load_weights(path), strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines or ["mismatch"])[0]
+        raise FlowKDError(f"weights {path} do not fit {what}: {detail[:300]}") from None

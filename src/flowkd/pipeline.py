@@ -24,7 +24,7 @@ from .errors import FlowKDError
 from .evaluation import evaluate_representation
 from .features import FeatureBank, compute_features, load_features
 from .flow import InformationFlowLoss
-from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
+from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_into, load_weights, save_weights
 from .loop import train
 from .models import create_model
 from .report import results_table
@@ -99,12 +99,7 @@ class Pipeline:
             torch.manual_seed(_seed_for(self.cfg.seed, name))
             model = create_model(resolved[name][0], width=resolved[name][1], options=m.options, **kw)
             if m.weights:
-                state = load_weights(m.weights)
-                try:
-                    model.load_state_dict(state, strict=True)
-                except RuntimeError as e:
-                    first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-                    raise FlowKDError(f"model {name!r}: weights {m.weights} do not fit {resolved[name][0]}: {first}") from None
+                load_into(model, m.weights, f"model {name!r} ({resolved[name][0]} x{resolved[name][1]:g})")
             model = model.to(self.device)
             if self.cfg.fast.channels_last:
                 model = model.to(memory_format=torch.channels_last)
