@@ -7,6 +7,7 @@ from .auxiliary import make_auxiliary
 from .config import Config, load_config
 from .data import ArrayDataset, Loader
 from .errors import FlowKDError
+from .features import FeatureBank, compute_features, load_features, save_features
 from .flow import InformationFlowLoss
 from .loop import train
 from .losses import PKTLoss, pkt_loss
@@ -21,5 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "pkt_loss", "PKTLoss", "InformationFlowLoss", "CriticalPeriod", "Constant", "Taps", "TeacherFeatures",
     "make_auxiliary", "create_model", "train", "supervised_step", "distill_step", "ArrayDataset", "Loader",
-    "Pipeline", "Config", "load_config", "FlowKDError", "__version__",
+    "Pipeline", "Config", "load_config", "FlowKDError", "FeatureBank", "load_features", "save_features",
+    "compute_features", "__version__",
 ]
