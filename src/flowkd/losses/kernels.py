@@ -10,7 +10,7 @@ import torch
 
 from ..registry import Registry
 
-__all__ = ["KERNELS", "cosine", "student_t", "rbf", "adaptive_rbf", "conditional", "EPS"]
+__all__ = ["KERNELS", "cosine", "student_t", "cosine_and_student_t", "rbf", "adaptive_rbf", "conditional", "EPS"]
 
 EPS = 1e-6
 KERNELS: Registry = Registry("kernel")
@@ -36,6 +36,26 @@ def cosine(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """1 / (1 + ||a - b||), the distance taken as sqrt(max(d^2, 0) + eps)."""
     return 1.0 / (1.0 + torch.sqrt(_sq_dists(x) + eps))
+
+
+def cosine_and_student_t(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cosine(x), student_t(x))`` from one matrix product (the paper's combined kernel, fused).
+
+    The Gram matrix of the centred batch C = x - m gives the distances as ``student_t`` computes them; the
+    uncentred Gram follows exactly as x_i.x_j = C_i.C_j + C_i.m + C_j.m + m.m (an N-vector, no second product),
+    and the cosine is that over the row norms, as ``cosine`` computes it.
+    """
+    m = x.mean(0, keepdim=True).detach()
+    c = x - m
+    g = c @ c.T
+    sq_c = torch.diagonal(g).unsqueeze(1)
+    off = 1.0 - torch.eye(len(x), device=x.device, dtype=x.dtype)
+    d2 = (sq_c + sq_c.T - 2.0 * g).clamp_min(0.0) * off
+    u = c @ m.T                                   # (N, 1): C_i . m
+    raw = g + u + u.T + (m * m).sum()             # x_i . x_j
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps
+    cos = (raw / (norm * norm.T) + 1.0) / 2.0
+    return cos, 1.0 / (1.0 + torch.sqrt(d2 + eps))
 
 
 @KERNELS.register("rbf")

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import FlowKDError
 from .divergences import DIVERGENCES
-from .kernels import KERNELS, conditional
+from .kernels import KERNELS, conditional, cosine_and_student_t
 
 __all__ = ["pkt_loss", "PKTLoss", "KERNEL_CHOICES"]
 
@@ -40,6 +40,10 @@ def pkt_loss(
     with torch.autocast(device_type=student.device.type, enabled=False):
         t = _flat(teacher).float()
         s = _flat(student).float()
+        if kernel == "combined":  # both kernels from one matrix product per side
+            (tc, tt), (sc, st) = cosine_and_student_t(t), cosine_and_student_t(s)
+            return (div(conditional(tc), conditional(sc), eps=log_eps)
+                    + div(conditional(tt), conditional(st), eps=log_eps))
         total = s.new_zeros(())
         for name in KERNEL_CHOICES[kernel]:
             k = KERNELS.get(name)
