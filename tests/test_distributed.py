@@ -44,7 +44,7 @@ def test_two_processes_agree_and_match_single_process(tmp_path, gather):
         assert abs(a - b) < 15.0, (name, a, b)  # per-rank BatchNorm batches of 32 vs one of 64
 
 
-def _worker(rank, world, port, out):
+def _worker(rank, world, port, out, precomputed=False):
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -62,15 +62,21 @@ def _worker(rank, world, port, out):
     flow = InformationFlowLoss([("fc1_relu", "fc1_relu"), ("fc2_relu", "fc2_relu")], Constant(weight=3.0))
     ddp = DistributedDataParallel(student)
     part = slice(rank * 8, rank * 8 + 8)
+    if precomputed:  # the teacher as per-sample features, looked up by this rank's sample positions
+        from flowkd.features import FeatureBank
+        from flowkd.stages import TeacherFeatures
+
+        teacher = FeatureBank(TeacherFeatures(teacher, flow.teacher_taps)(x))
     with distill_step(ddp, teacher, flow, gather=gather_rows) as step:
-        terms = step(x[part], y[part], 0)
+        terms = step(x[part], y[part], 0, torch.arange(16)[part])
         terms["loss"].backward()
     if rank == 0:
         torch.save({"loss": terms["loss"].detach(), "grads": [p.grad.clone() for p in student.parameters()]}, out)
     dist.destroy_process_group()
 
 
-def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path):
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path, precomputed):
     import socket
 
     import torch
@@ -83,7 +89,7 @@ def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, str(out), precomputed), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
 
     torch.manual_seed(0)
