@@ -28,6 +28,9 @@ def rows_of(run: Path) -> tuple[list[dict], dict]:
     res = json.loads((run / "results.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
     stage_of = {s["model"]: s["name"] for s in cfg["stages"]}
+    # the paper's numbers describe the ResNet-18-driven recipe only (it reports no HOG-driven run)
+    teacher_arch = cfg["models"].get("teacher", {}).get("arch") or "preact_resnet18"
+    paper = PAPER if teacher_arch == "preact_resnet18" else {}
     rows = []
     for name, m in res["models"].items():
         cos, euc = m["cosine"], m["euclidean"]
@@ -39,7 +42,7 @@ def rows_of(run: Path) -> tuple[list[dict], dict]:
             "legacy_p100": cos["legacy"]["precision_at"].get("100"), "head_acc": m.get("head_acc"),
             "ncm_acc": m["ncm_acc"], "stage": stage,
             "stage_wall_s": res["stages"].get(stage, {}).get("wall_s"), "epochs": res["stages"].get(stage, {}).get("epochs"),
-            "paper": PAPER.get(name),
+            "paper": paper.get(name),
         })
     return rows, {"run": run.name, "machine": res["machine"], "data": res["data"], "total_wall_s": res["total_wall_s"],
                   "eval_wall_s": res["eval_wall_s"], "stages": res["stages"]}

@@ -108,7 +108,7 @@ class Pipeline:
 
     def teacher(self, name: str):
         """What a stage distils from: the model's features when they are precomputed, else the network."""
-        return self.banks.get(name) or self.models[name]
+        return self.banks[name] if name in self.banks else self.models[name]
 
     def representation(self, name: str) -> str:
         if name in self.banks:
