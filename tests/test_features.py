@@ -210,3 +210,11 @@ def test_precomputed_model_cannot_be_trained_or_evaluated(tmp_path, capsys):
     assert "no test-set features" in capsys.readouterr().err
     assert main(["run", cfg, "--out", str(tmp_path / "r2"), "--set", "stages.student.model=teacher"]) == 2
     assert "cannot be trained" in capsys.readouterr().err
+
+
+def test_exporting_an_untrained_network_warns(tmp_path, capsys):
+    cfg = _write(tmp_path / "t.toml", TEACHER)
+    assert main(["features", cfg, "--model", "teacher", "--out", str(tmp_path / "f.npz")]) == 0
+    assert "random initialisation" in capsys.readouterr().err
+    assert main(["features", cfg, "--model", "nope", "--out", str(tmp_path / "g.npz")]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err and not (tmp_path / "g.npz").exists()

@@ -374,6 +374,11 @@ class Pipeline:
         self._build_models(train_set, only=[name])
         taps = taps or [self.representation(name)]
         Taps(self.models[name], taps).remove()  # unknown names fail before any work
+        m = self.cfg.models[name]
+        if not m.weights and not m.options.get("pretrained") and any(True for _ in self.models[name].parameters()):
+            import sys
+            print(f"flowkd: warning: model {name!r} has parameters but no weights file: these are the features of its "
+                  f"random initialisation (set models.{name}.weights, e.g. a run's checkpoints/<stage>.pt)", file=sys.stderr)
         bank = compute_features(self.models[name], taps, train_set, self.cfg.data.eval_batch_size)
         save_features(path, bank)
         return bank
