@@ -72,6 +72,26 @@ def test_resnet_pipeline_end_to_end_on_small_folder(tmp_path, capsys, mode):
     assert all(np.isfinite(r["loss"]) for r in recs)
 
 
+def test_teacher_run_elsewhere_workflow_on_small_folder(tmp_path, capsys):
+    """The two documented commands: export the ResNet-18's features, then train from the file alone."""
+    _image_folder(tmp_path / "imgs", {"train": 3, "test": 2})
+    weights = str(SHARED_TEACHER) if SHARED_TEACHER.exists() else ""
+    data = ["--set", "data.name=imagefolder", "--set", f"data.root={tmp_path / 'imgs'}", "--set", "device=cpu"]
+    feats = tmp_path / "resnet18_linear_input.npz"
+    assert main(["features", str(ROOT / "configs" / "cifar10_resnet18_to_verytiny.toml"), "--model", "teacher",
+                 "--taps", "linear:input", "--out", str(feats), "--set", f"models.teacher.weights='{weights}'", *data]) == 0
+    sets = [f"models.teacher.features={feats}", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
+            "stages.student.epochs=[1]", "data.batch_size=16"]
+    args = ["run", str(ROOT / "configs" / "cifar10_aux_from_features.toml"), "--out", str(tmp_path / "run"), "--no-progress", *data]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert list(res["models"]) == ["student", "aux"] or set(res["models"]) == {"student", "aux"}
+    assert res["stages"]["aux_pkt"]["teacher_precomputed"] and res["stages"]["aux_pkt"]["augment"] is False
+    assert res["stages"]["student"]["augment"] is True
+
+
 def test_cifar_comparison_config_runs_every_method_on_small_folder(tmp_path):
     """Every method of compare_cifar10.toml (AT/FitNets maps on the ResNet, KD on logits, ablations) trains."""
     from flowkd.pipeline import Pipeline
