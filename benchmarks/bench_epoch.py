@@ -66,7 +66,7 @@ def naive_epoch(model, teacher, flow, images, labels, device, supervised=False):
         step.close()
 
 
-def flowkd_epoch(model, teacher, flow, data, device, supervised=False, amp=False, channels_last=False):
+def flowkd_epoch(model, teacher, flow, data, device, supervised=False, amp=False, channels_last=False, graph=False):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         if teacher is not None:
@@ -74,7 +74,7 @@ def flowkd_epoch(model, teacher, flow, data, device, supervised=False, amp=False
     loader = Loader(data, 128, shuffle=True, augment=True, channels_last=channels_last)
     step = supervised_step(model) if supervised else distill_step(model, teacher, flow)
     train(model, loader, step, epochs=[1], lr=[1e-3], show_progress=False,
-          autocast=torch.bfloat16 if amp else None)
+          autocast=torch.bfloat16 if amp else None, cuda_graph=graph)
     if not supervised:
         step.close()
 
@@ -86,8 +86,10 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--stages", nargs="+", default=["student", "aux_pkt", "labels"])
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--naive-repeat", type=int, default=0, help="repeats of the naive loop (default: --repeat)")
     args = ap.parse_args()
     dev = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # every variant alike (as flowkd's pipeline does on CUDA)
     if args.data:
         from flowkd.data.readers import load_dataset
         tr, _ = load_dataset("cifar10_jpg", args.data)
@@ -98,6 +100,9 @@ def main():
         labels = g.integers(0, 10, args.images)
     data = ArrayDataset(images, labels, [str(c) for c in range(10)], MEAN, STD).to(dev)
     variants = [("naive DataLoader, fp32", {}), ("flowkd, fp32", {}), ("flowkd, bf16 + channels_last", {"amp": True, "channels_last": True})]
+    if dev.type == "cuda":  # the whole step as one captured CUDA graph per epoch
+        variants += [("flowkd, fp32 + CUDA graph", {"graph": True}),
+                     ("flowkd, bf16 + channels_last + CUDA graph", {"amp": True, "channels_last": True, "graph": True})]
     doc = {"machine": machine(dev), "images": len(images), "runs": {}}
     rows = []
     for stage in args.stages:
@@ -114,7 +119,7 @@ def main():
         times = {}
         for name, opts in variants:
             best = float("inf")
-            for _ in range(args.repeat):
+            for _ in range((args.naive_repeat or args.repeat) if name.startswith("naive") else args.repeat):
                 model = make()
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)

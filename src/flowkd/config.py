@@ -98,6 +98,7 @@ class FastConfig:
     amp: str = "none"               # none | bf16: autocast the networks' forward passes (PKT stays fp32)
     channels_last: bool = False     # models and batches in channels_last memory format
     compile: bool = False           # torch.compile every trained model (launch-bound small students)
+    cuda_graph: bool = False        # capture each epoch's whole training step as one CUDA graph (CUDA only)
     inference_teacher: bool = True  # teachers run under torch.inference_mode
 
 
@@ -191,6 +192,8 @@ def config_from_dict(data: dict) -> Config:
 def _validate(cfg: Config) -> None:
     if cfg.fast.amp not in ("none", "bf16"):
         raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
+    if cfg.fast.cuda_graph and cfg.fast.compile:
+        raise FlowKDError("fast.cuda_graph and fast.compile are alternatives for launch-bound steps; set one of them")
     if cfg.mode not in ("default", "paper"):
         raise FlowKDError(f"mode must be 'default' or 'paper', got {cfg.mode!r}")
     names = [s.name for s in cfg.stages]

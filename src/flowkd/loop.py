@@ -7,6 +7,7 @@ learning-rate phases, the epoch averages of every term, the non-finite check, an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Iterable, Sequence
@@ -16,7 +17,7 @@ from torch import nn
 
 from .errors import FlowKDError
 
-__all__ = ["train", "lr_at", "progress"]
+__all__ = ["train", "lr_at", "progress", "StepGraph"]
 
 Step = Callable[[torch.Tensor, torch.Tensor, int], dict]
 
@@ -42,12 +43,106 @@ def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: b
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
-def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _optimizer(name: str, params, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, capturable=capturable)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     raise FlowKDError(f"unknown optimizer {name!r}; valid: adam, sgd")
+
+
+class StepGraph:
+    """One training step captured as a CUDA graph and replayed: a single launch instead of hundreds.
+
+    ``body()`` runs the step on static input buffers and returns its terms; capture records its kernels
+    without running them, and each call replays them, overwriting the same output tensors. ``warm(fn)``
+    runs an eager step on a side stream first, as capture requires.
+    """
+
+    def __init__(self, body: Callable[[], dict]):
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.terms = body()
+        except Exception as e:  # an op that cannot be captured (host sync, CPU tensor, ...)
+            raise FlowKDError(f"fast.cuda_graph: the training step could not be captured as a CUDA graph "
+                              f"({_one_line(e)}); set fast.cuda_graph=false") from e
+
+    def __call__(self) -> dict:
+        self.graph.replay()
+        return self.terms
+
+    @staticmethod
+    def warm(fn: Callable[[], dict]) -> dict:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = fn()
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+
+class PlainStep(StepGraph):
+    """The same bookkeeping without capture (what the CPU tests check the graph path's logic with)."""
+
+    def __init__(self, body: Callable[[], dict]):
+        self.body = body
+
+    def __call__(self) -> dict:
+        return self.body()
+
+    @staticmethod
+    def warm(fn: Callable[[], dict]) -> dict:
+        return fn()
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: type[StepGraph]):
+    """Yield each batch's terms: the epoch's first full batch runs eagerly (warm-up), the step is then
+    captured on static buffers and replayed for every batch of that size; another size runs eagerly.
+    Captured once per epoch, as the learning rate and the schedule's weights are constants of an epoch.
+    The warm-up step also creates the gradients and the optimiser's state outside the capture (state first
+    created inside it would be re-zeroed at every replay); the captured step zeroes the gradients in place
+    and accumulates into them, so parameters the loss does not reach keep no gradient, as in the eager loop."""
+
+    def eager(batch):
+        x, y, *index = batch
+        opt.zero_grad(set_to_none=False)
+        with ctx():
+            terms = step(x, y, epoch, *index)
+        terms["loss"].backward()
+        opt.step()
+        return terms
+
+    graph, static = None, None
+    for batch in loader:
+        if graph is None:
+            terms = graph_cls.warm(lambda: eager(batch))
+            static = [b.clone() for b in batch]
+            graph = graph_cls(lambda: eager(static))
+        elif batch[0].shape == static[0].shape:
+            for dst, src in zip(static, batch):
+                dst.copy_(src)
+            terms = graph()
+        else:
+            terms = eager(batch)
+        yield terms
+
+
+def _eager_epoch(loader, step: Step, opt, epoch: int, autocast):
+    for x, y, *index in loader:
+        if autocast is not None:
+            with torch.autocast(device_type=x.device.type, dtype=autocast):
+                terms = step(x, y, epoch, *index)
+        else:
+            terms = step(x, y, epoch, *index)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        yield terms
 
 
 def train(
@@ -67,6 +162,7 @@ def train(
     autocast: torch.dtype | None = None,
     resume: dict | None = None,
     checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    cuda_graph: bool | type[StepGraph] = False,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
@@ -77,10 +173,15 @@ def train(
     ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
     continues after epoch e (the model's weights are the caller's to restore; data order and augmentation
     depend only on the epoch, so the continuation is exact).
+    ``cuda_graph=True`` replays each epoch's step (forward, loss, backward, optimiser step) as one captured
+    CUDA graph (:class:`StepGraph`); the step must stay on the device (no host syncs). Same arithmetic as
+    the eager loop, but Adam is created ``capturable`` (its step counter lives on the device).
     """
     if len(epochs) != len(lr) or not epochs:
         raise FlowKDError(f"{name}: epochs {list(epochs)} and lr {list(lr)} must be non-empty lists of equal length")
     params = list(params) if params is not None else list(model.parameters())
+    graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
+    capturable = graph_cls is StepGraph
     total = int(sum(epochs))
     opt = None
     records = []
@@ -88,12 +189,12 @@ def train(
     if resume is not None:
         first = int(resume["epoch"]) + 1
         if not fresh_optimizer_each_epoch and first < total:
-            opt = _optimizer(optimizer, params, lr_at(first, epochs, lr), weight_decay)
+            opt = _optimizer(optimizer, params, lr_at(first, epochs, lr), weight_decay, capturable)
             opt.load_state_dict(resume["optimizer"])
     for epoch in range(first, total):
         rate = lr_at(epoch, epochs, lr)
         if opt is None or fresh_optimizer_each_epoch:
-            opt = _optimizer(optimizer, params, rate, weight_decay)
+            opt = _optimizer(optimizer, params, rate, weight_decay, capturable)
         for g in opt.param_groups:
             g["lr"] = rate
         if hasattr(loader, "set_epoch"):
@@ -102,16 +203,13 @@ def train(
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
         t0 = time.perf_counter()
-        for x, y, *index in progress(loader, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
-            if autocast is not None:
-                with torch.autocast(device_type=x.device.type, dtype=autocast):
-                    terms = step(x, y, epoch, *index)
-            else:
-                terms = step(x, y, epoch, *index)
-            loss = terms["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        if graph_cls is not None:
+            ctx = (lambda: torch.autocast(device_type=params[0].device.type, dtype=autocast, cache_enabled=False)
+                   if autocast is not None else contextlib.nullcontext())
+            batches = _graph_epoch(loader, step, opt, epoch, ctx, graph_cls)
+        else:
+            batches = _eager_epoch(loader, step, opt, epoch, autocast)
+        for terms in progress(batches, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
             for k, v in terms.items():
                 v = v.detach().float()
                 sums[k] = sums[k] + v if k in sums else v.clone()

@@ -69,6 +69,8 @@ class Pipeline:
         self.device = pick_device(cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        if self.device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest convolution once per shape
+            torch.backends.cudnn.benchmark = True
         self._data = data
         self.models: dict[str, nn.Module] = {}
         self.banks: dict[str, FeatureBank] = {}  # teachers as per-sample features, aligned with the training set
@@ -194,6 +196,10 @@ class Pipeline:
 
     def check(self) -> None:
         """Fail before any training on what can be checked up front: pairs, taps, kernels, schedules."""
+        if self.cfg.fast.cuda_graph and self.device.type != "cuda":
+            raise FlowKDError(f"fast.cuda_graph needs a CUDA device; this run's device is {self.device}")
+        if self.cfg.fast.cuda_graph and self.dist.enabled:
+            raise FlowKDError("fast.cuda_graph does not combine with distributed training; set fast.cuda_graph=false")
         for s in self.cfg.stages:
             if s.kind == "distill":
                 flow = self._flow(s)
@@ -352,7 +358,8 @@ class Pipeline:
                   params=list(model.parameters()) + extra,
                   weight_decay=s.weight_decay, fresh_optimizer_each_epoch=s.fresh_optimizer_each_epoch,
                   on_epoch=on_epoch, checkpoint=checkpoint, resume=resume, name=s.name,
-                  show_progress=self.cfg.progress, autocast=torch.bfloat16 if fast.amp == "bf16" else None)
+                  show_progress=self.cfg.progress, autocast=torch.bfloat16 if fast.amp == "bf16" else None,
+                  cuda_graph=fast.cuda_graph)
             return records, info
         finally:
             if hasattr(step, "close"):

@@ -89,8 +89,13 @@ class ArrayDataset:
                             self.name, self.meta, self.source_rows()[index], self.source_len)
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x_uint8.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x_uint8.device).view(1, -1, 1, 1)
+        key = (x_uint8.device, tuple(self.mean), tuple(self.std))
+        cached = getattr(self, "_norm_cache", None)
+        if cached is None or cached[0] != key:  # made once per device, not copied to the device every batch
+            cached = (key, torch.tensor(self.mean, device=x_uint8.device).view(1, -1, 1, 1),
+                      torch.tensor(self.std, device=x_uint8.device).view(1, -1, 1, 1))
+            self._norm_cache = cached
+        _, mean, std = cached
         return (x_uint8.float() / 255.0 - mean) / std
 
 
@@ -162,10 +167,13 @@ class Loader:
         n = len(self.data)
         dev = self.data.images.device
         order = torch.randperm(n, generator=gen).to(dev) if self.shuffle else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+        slices = [slice(i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self))]
+        if self.augment:  # the whole epoch's draws, in the per-batch order, sent to the device at once
+            per = [draw_crop_flip(sl.stop - sl.start, self.pad, gen) for sl in slices]
+            every = [torch.cat(d).to(dev) if d[0] is not None else None for d in zip(*per)] if per else []
+        for i, sl in enumerate(slices):
             idx = order[sl] if order is not None else torch.arange(sl.start, sl.stop, device=dev)
-            draws = draw_crop_flip(len(idx), self.pad, gen) if self.augment else None
+            draws = tuple(d[sl] if d is not None else None for d in every) if self.augment else None
             if self.world > 1:  # this rank's contiguous share of the global batch
                 part = torch.arange(len(idx)).tensor_split(self.world)[self.rank]
                 lo, hi = int(part[0]), int(part[-1]) + 1
