@@ -56,6 +56,8 @@ print('decoded', tuple(tr.images.shape), tuple(te.images.shape), 'in', round(tim
 
 step tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py
 
+step bench_pkt 40 python3 benchmarks/bench_pkt.py --device $D --repeat 50
+
 step bench_epoch 170 python3 benchmarks/bench_epoch.py --data "$WORK/data/cifar10" --images $IMAGES --device $D \
     --repeat 2
 

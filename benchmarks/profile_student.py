@@ -92,29 +92,36 @@ def main():
         for x, y in batches[5:5 + min(args.steps, 20)]:
             one_step(x, y, False)
         sync(dev)
-    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     events = prof.key_averages()
-    attr = "self_device_time_total" if dev.type == "cuda" and hasattr(events[0], "self_device_time_total") else key
-    top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:12]
-    ops_total = sum(getattr(e, attr) for e in events) or 1
-
+    n_prof = min(args.steps, 20)
+    cuda = dev.type == "cuda"
+    attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total") \
+        if cuda else "self_cpu_time_total"
+    ops = [e for e in events if e.key.startswith("aten::")]  # operators (on a GPU: the time of their kernels)
+    top = sorted(ops, key=lambda e: getattr(e, attr), reverse=True)[:12]
+    ops_total = sum(getattr(e, attr) for e in ops) or 1
+    kernels = [e for e in events if cuda and e.device_type.name == "CUDA"]
+    launches = {"kernels_per_step": round(sum(e.count for e in kernels) / n_prof, 1),
+                "kernel_ms_per_step": round(sum(getattr(e, attr) for e in kernels) / 1e3 / n_prof, 4)} if cuda else {}
     m = machine(dev)
     variant = ("bf16" if args.amp else "fp32") + (" + channels_last" if args.channels_last else "")
     rows = [f"| {k} | {v / args.steps * 1e3:.2f} | {100 * v / total:.1f} % |" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])]
-    op_rows = [f"| `{e.key}` | {getattr(e, attr) / 1e3 / min(args.steps, 20):.3f} | {100 * getattr(e, attr) / ops_total:.1f} % | {e.count // min(args.steps, 20)} |" for e in top]
+    op_rows = [f"| `{e.key}` | {getattr(e, attr) / 1e3 / n_prof:.3f} | {100 * getattr(e, attr) / ops_total:.1f} % | {e.count // n_prof} |" for e in top]
+    launch_line = (f"GPU kernels per step: {launches['kernels_per_step']:g}, busy {launches['kernel_ms_per_step']:.3f} ms "
+                   f"(the sum of their run times; a captured graph replays them back to back).") if cuda else ""
     table = "\n".join([
         f"# Student information-flow step: where the time goes ({args.steps} steps of batch 128, {variant})", "",
         f"machine: {m.get('gpu') or m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads; "
         f"{'real CIFAR-10' if args.data else 'synthetic'} images", "",
         f"Per step {total / args.steps * 1e3:.2f} ms (phases synchronised); scaled to an epoch of 391 steps: "
         f"{total / args.steps * 391:.2f} s.", "",
-        "| phase | ms / step | share |", "|---|---:|---:|", *rows, "",
-        f"Top operators by self {'device' if dev.type == 'cuda' else 'CPU'} time (profiler, {min(args.steps, 20)} steps):", "",
+        "| phase | ms / step | share |", "|---|---:|---:|", *rows, "", *([launch_line, ""] if launch_line else []),
+        f"Top operators by self {'device' if cuda else 'CPU'} time (profiler, {n_prof} steps):", "",
         "| operator | ms / step | share | calls / step |", "|---|---:|---:|---:|", *op_rows]) + "\n"
-    doc = {"machine": m, "steps": args.steps, "amp": args.amp, "channels_last": args.channels_last, "ms_per_step": round(total / args.steps * 1e3, 3),
+    doc = {"machine": m, "steps": args.steps, **launches, "amp": args.amp, "channels_last": args.channels_last, "ms_per_step": round(total / args.steps * 1e3, 3),
            "phases_ms_per_step": {k: round(v / args.steps * 1e3, 3) for k, v in phases.items()},
-           "top_ops": [{"op": e.key, "ms_per_step": round(getattr(e, attr) / 1e3 / min(args.steps, 20), 4),
-                        "calls_per_step": e.count // min(args.steps, 20)} for e in top]}
+           "top_ops": [{"op": e.key, "ms_per_step": round(getattr(e, attr) / 1e3 / n_prof, 4),
+                        "calls_per_step": e.count // n_prof} for e in top]}
     suffix = ("" if dev.type == "cpu" else "_" + dev.type) + ("_bf16" if args.amp else "") + ("_cl" if args.channels_last else "")
     write("profile_student" + suffix, doc, table)
 

@@ -99,8 +99,9 @@ def test_captured_step_matches_eager_on_cuda(kind, fresh):
     graphed, w_graph = _run(True, device="cuda", kind=kind, fresh=fresh)
     for a, b in zip(eager, graphed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
-    for k in w_eager:
-        torch.testing.assert_close(w_graph[k], w_eager[k], rtol=1e-3, atol=1e-4)
+    for k in w_eager:  # a conv bias under BatchNorm gets rounding-noise gradients only, which Adam turns
+        if not (k.startswith("conv") and k.endswith(".bias")):  # into lr-sized steps of random sign
+            torch.testing.assert_close(w_graph[k], w_eager[k], rtol=1e-3, atol=1e-4)
 
 
 @cuda

@@ -92,7 +92,9 @@ def test_conv_maps_are_flattened():
     assert pkt_loss(t, s).item() == pytest.approx(ref_pkt(t.flatten(1), s, "combined", "jeffreys"), rel=1e-4)
 
 
-def test_finite_loss_and_grads_for_duplicates_and_zero_rows():
+@pytest.mark.parametrize("seed", range(12))  # seed 2 broke a cosine taken from the distances' Gram matrix
+def test_finite_loss_and_grads_for_duplicates_and_zero_rows(seed):
+    torch.manual_seed(seed)
     t = torch.randn(6, 4)
     t[1] = t[0]  # duplicate sample
     t[2] = 0.0  # zero vector
@@ -105,6 +107,8 @@ def test_finite_loss_and_grads_for_duplicates_and_zero_rows():
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(s.grad).all(), kernel
         s.grad = None
+    both = flowkd.losses.pkt_pairs([t, t[:, :2]], [s, s[:, 1:]])
+    assert torch.isfinite(both).all()
     z = torch.zeros(4, 3, requires_grad=True)
     loss = pkt_loss(torch.zeros(4, 5), z)
     loss.backward()
@@ -141,3 +145,48 @@ def test_gradient_decreases_loss(feats):
         pkt_loss(t, s).backward()
         opt.step()
     assert pkt_loss(t, s).item() < 0.5 * first
+
+
+# ---- all layer pairs at once (pkt_pairs) -------------------------------------------------------
+@pytest.mark.parametrize("divergence, log_eps", [("jeffreys", 1e-6), ("kl", 1e-6), ("jeffreys", None)])
+def test_pkt_pairs_equals_one_pkt_loss_per_pair(divergence, log_eps):
+    g = torch.Generator().manual_seed(3)
+    widths = [(40, 7), (12, 30), (5, 5), (64, 2)]
+    ts = [torch.randn(16, dt, generator=g).relu() for dt, _ in widths]
+    ss = [torch.randn(16, ds, generator=g, requires_grad=True) for _, ds in widths]
+    ts[2][3] = 0.0                 # a zero row
+    ts[1][5] = ts[1][6]            # duplicate rows
+    got = flowkd.losses.pkt_pairs(ts, ss, divergence, log_eps)
+    want = torch.stack([pkt_loss(t, s, "combined", divergence, log_eps) for t, s in zip(ts, ss)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    # gradients too
+    w = torch.tensor([100.0, 10.0, 1.0, 0.5])
+    g1 = torch.autograd.grad((got * w).sum(), ss)
+    g2 = torch.autograd.grad((want * w).sum(), ss)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    # and the first pair against the loop reference
+    if log_eps is not None:
+        assert got[0].item() == pytest.approx(ref_pkt(ts[0], ss[0].detach(), "combined", divergence), rel=1e-4)
+
+
+def test_pkt_pairs_rejects_mismatched_batches():
+    with pytest.raises(FlowKDError, match="same batch"):
+        flowkd.losses.pkt_pairs([torch.randn(8, 3), torch.randn(8, 3)], [torch.randn(8, 3), torch.randn(7, 3)])
+
+
+def test_information_flow_batches_its_pairs_and_matches_the_per_pair_loss():
+    g = torch.Generator().manual_seed(4)
+    pairs = [("a", "x"), ("b", "y"), ("c", "z")]
+    t = {"a": torch.randn(12, 3, 4, 4, generator=g), "b": torch.randn(12, 20, generator=g), "c": torch.randn(12, 6, generator=g)}
+    s = {k: torch.randn(12, d, generator=g, requires_grad=True) for k, d in (("x", 9), ("y", 5), ("z", 6))}
+    flow = flowkd.InformationFlowLoss(pairs, flowkd.CriticalPeriod())
+    assert flow.batched
+    fast = flow(t, s, 2)
+    flow.batched = False
+    slow = flow(t, s, 2)
+    assert fast.keys() == slow.keys()
+    for k in slow:
+        torch.testing.assert_close(fast[k], slow[k], rtol=1e-5, atol=1e-9)
+    # baselines and custom kernels keep the per-pair path
+    assert not flowkd.InformationFlowLoss(pairs, kernel="cosine").batched

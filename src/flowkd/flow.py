@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import FlowKDError
-from .losses.pkt import PKTLoss
+from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
 from .taps import parse_tap
 
@@ -55,6 +55,11 @@ class InformationFlowLoss(nn.Module):
         self.pair_losses = nn.ModuleList(pair_losses)
         self.term = term
         self.names = [f"{t}~{s}" for t, s in pairs]
+        # the default (one combined-kernel PKT for every pair): all pairs computed together, see pkt_pairs
+        first = self.pair_losses[0]
+        self.batched = (isinstance(first, PKTLoss) and first.kernel == "combined" and first.divergence in BATCHED_DIVERGENCES
+                        and all(type(l) is PKTLoss and (l.kernel, l.divergence, l.log_eps) == (first.kernel, first.divergence, first.log_eps)
+                                for l in self.pair_losses))
 
     @property
     def teacher_taps(self) -> list[str]:
@@ -75,8 +80,13 @@ class InformationFlowLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         total = None
-        for (t, s), name, w, loss in zip(self.pairs, self.names, self.weights(epoch), self.pair_losses):
-            value = loss(teacher[t], student[s])
+        if self.batched and len(self.pairs) > 1:
+            first = self.pair_losses[0]
+            values = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
+                               first.divergence, first.log_eps).unbind(0)
+        else:
+            values = [loss(teacher[t], student[s]) for (t, s), loss in zip(self.pairs, self.pair_losses)]
+        for name, w, value in zip(self.names, self.weights(epoch), values):
             terms[f"{self.term}/{name}"] = value.detach()
             terms[f"w/{name}"] = torch.tensor(float(w))
             if w != 0.0:

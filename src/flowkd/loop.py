@@ -115,7 +115,7 @@ def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: 
             terms = step(x, y, epoch, *index)
         terms["loss"].backward()
         opt.step()
-        return terms
+        return {**terms, "loss": terms["loss"].detach()}  # keep no autograd graph alive into the capture
 
     graph, static = None, None
     for batch in loader:
@@ -142,7 +142,7 @@ def _eager_epoch(loader, step: Step, opt, epoch: int, autocast):
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
-        yield terms
+        yield {**terms, "loss": terms["loss"].detach()}
 
 
 def train(

@@ -39,22 +39,16 @@ def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 
 
 def cosine_and_student_t(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cosine(x), student_t(x))`` from one matrix product (the paper's combined kernel, fused).
-
-    The Gram matrix of the centred batch C = x - m gives the distances as ``student_t`` computes them; the
-    uncentred Gram follows exactly as x_i.x_j = C_i.C_j + C_i.m + C_j.m + m.m (an N-vector, no second product),
-    and the cosine is that over the row norms, as ``cosine`` computes it.
-    """
-    m = x.mean(0, keepdim=True).detach()
-    c = x - m
+    """``(cosine(x), student_t(x))`` together (the paper's combined kernel): the centring and the distances
+    are shared, each kernel takes its one matrix product. The cosine comes from the normalised rows, never
+    from the distances' Gram matrix: divided by tiny norms, that one's rounding would blow up (zero rows)."""
+    xn = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps)
+    cos = (xn @ xn.T + 1.0) / 2.0
+    c = x - x.mean(0, keepdim=True).detach()
     g = c @ c.T
-    sq_c = torch.diagonal(g).unsqueeze(1)
+    sq = torch.diagonal(g).unsqueeze(1)
     off = 1.0 - torch.eye(len(x), device=x.device, dtype=x.dtype)
-    d2 = (sq_c + sq_c.T - 2.0 * g).clamp_min(0.0) * off
-    u = c @ m.T                                   # (N, 1): C_i . m
-    raw = g + u + u.T + (m * m).sum()             # x_i . x_j
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps
-    cos = (raw / (norm * norm.T) + 1.0) / 2.0
+    d2 = (sq + sq.T - 2.0 * g).clamp_min(0.0) * off
     return cos, 1.0 / (1.0 + torch.sqrt(d2 + eps))
 
 
