@@ -164,7 +164,7 @@ def test_pkt_pairs_equals_one_pkt_loss_per_pair(divergence, log_eps):
     g1 = torch.autograd.grad((got * w).sum(), ss)
     g2 = torch.autograd.grad((want * w).sum(), ss)
     for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-8)
     # and the first pair against the loop reference
     if log_eps is not None:
         assert got[0].item() == pytest.approx(ref_pkt(ts[0], ss[0].detach(), "combined", divergence), rel=1e-4)

@@ -39,11 +39,12 @@ def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 
 
 def cosine_and_student_t(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cosine(x), student_t(x))`` together (the paper's combined kernel): the centring and the distances
-    are shared, each kernel takes its one matrix product. The cosine comes from the normalised rows, never
-    from the distances' Gram matrix: divided by tiny norms, that one's rounding would blow up (zero rows)."""
-    xn = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps)
-    cos = (xn @ xn.T + 1.0) / 2.0
+    """``(cosine(x), student_t(x))`` together (the paper's combined kernel). The cosine is the plain Gram matrix
+    over the outer product of the row norms (+ eps): what ``cosine`` computes, without dividing the wide feature
+    matrix itself. It is never derived from the centred Gram matrix the distances use: divided by tiny norms,
+    that one's rounding error blows up (NaN for an all-zero row)."""
+    n = torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps
+    cos = ((x @ x.T) / (n * n.T) + 1.0) / 2.0
     c = x - x.mean(0, keepdim=True).detach()
     g = c @ c.T
     sq = torch.diagonal(g).unsqueeze(1)

@@ -55,20 +55,21 @@ def pkt_loss(
 
 def _combined_conditionals(xs: list[torch.Tensor], eps: float = EPS) -> torch.Tensor:
     """The combined kernel's conditional probabilities for L feature matrices at once: (2L, N, N), the L cosine
-    matrices then the L Student-t ones. Only the two matrix products per matrix run one by one (the widths
+    matrices then the L Student-t ones. Only the matrix products and row norms run matrix by matrix (the widths
     differ); every N x N step after them runs once on the stack (per matrix it is
     :func:`~flowkd.losses.kernels.cosine_and_student_t`)."""
-    cg, gs = [], []
+    raw, cen, norms = [], [], []
     for x in xs:
-        xn = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps)
-        cg.append(xn @ xn.T)
+        raw.append(x @ x.T)
+        norms.append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
         c = x - x.mean(0, keepdim=True).detach()
-        gs.append(c @ c.T)
-    g = torch.stack(gs)                                           # (L, N, N) centred Gram matrices
+        cen.append(c @ c.T)
+    g, n = torch.stack(cen), torch.stack(norms) + eps             # (L, N, N) centred Gram, (L, N, 1)
     sq = torch.diagonal(g, dim1=1, dim2=2).unsqueeze(2)
     off = 1.0 - torch.eye(g.shape[1], device=g.device, dtype=g.dtype)
     d2 = (sq + sq.transpose(1, 2) - 2.0 * g).clamp_min(0.0) * off
-    k = torch.cat([(torch.stack(cg) + 1.0) / 2.0, 1.0 / (1.0 + torch.sqrt(d2 + eps))])
+    cos = (torch.stack(raw) / (n * n.transpose(1, 2)) + 1.0) / 2.0
+    k = torch.cat([cos, 1.0 / (1.0 + torch.sqrt(d2 + eps))])
     return k / k.sum(2, keepdim=True)
 
 
