@@ -1,6 +1,7 @@
 """Teachers as data: precomputed per-sample features (files, cached extractors) and their alignment checks."""
 
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -218,3 +219,26 @@ def test_exporting_an_untrained_network_warns(tmp_path, capsys):
     assert "random initialisation" in capsys.readouterr().err
     assert main(["features", cfg, "--model", "nope", "--out", str(tmp_path / "g.npz")]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err and not (tmp_path / "g.npz").exists()
+
+
+def test_a_switched_off_stage_of_a_precomputed_teacher_is_skipped(tmp_path, capsys):
+    """The demo's teacher stage at 0 epochs (what `--set stages.teacher.epochs=[0]` gives) with the teacher
+    given as a file: nothing to train, so the stage is skipped, not an error; at 1 epoch it is refused."""
+    demo = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
+    assert main(["features", demo, "--model", "teacher", "--taps", "fc2_relu", "--out", str(tmp_path / "f.npz")]) == 0
+    sets = [f"models.teacher.features={tmp_path / 'f.npz'}", "models.teacher.arch=''", "stages.teacher.epochs=[0]",
+            "eval.models=['aux']"] + [f"stages.{s}.epochs=[1, 0]" for s in
+                                      ("aux_labels", "aux_pkt", "student", "student_labels", "student_pkt")]
+
+    def run(out, *extra):
+        args = ["run", demo, "--out", str(tmp_path / out), "--no-progress"]
+        for s in sets + list(extra):
+            args += ["--set", s]
+        return main(args)
+
+    assert run("r") == 0
+    assert "[teacher] skipped" in capsys.readouterr().out
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert "teacher" not in res["stages"] and res["stages"]["aux_pkt"]["teacher_precomputed"]
+    assert run("r2", "stages.teacher.epochs=[1]") == 2
+    assert "cannot be trained" in capsys.readouterr().err

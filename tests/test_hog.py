@@ -56,3 +56,25 @@ def test_hog_teacher_pipeline_on_digits(tmp_path, capsys):
     assert res["models"]["teacher"]["params"] == 0 and "head_acc" not in res["models"]["teacher"]
     assert res["models"]["teacher"]["cosine"]["map"] > 30  # HOG alone already retrieves digits well above chance
     assert res["stages"]["aux_pkt"]["pairs"] == [["descriptor", "fc1_relu"]]
+
+
+def test_hog_computed_once_trains_like_hog_per_batch(tmp_path):
+    """``precompute = true``: the descriptor of every augmentation-free training image is computed once and
+    kept on the device; training from it equals computing HOG per batch on the same (unaugmented) images."""
+    demo = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
+    base = ["models.teacher.arch=hog", "stages.teacher.epochs=[0]", "stages.aux_labels.epochs=[0, 0]",
+            "stages.aux_pkt.epochs=[2, 1]", "stages.aux_pkt.pairs=[['descriptor', 'fc1_relu']]",
+            "stages.student.epochs=[0, 0]", "stages.student_labels.epochs=[0, 0]", "stages.student_pkt.epochs=[0, 0]",
+            "eval.models=['aux']", "stages.aux_pkt.augment=false"]
+    losses = {}
+    for name, extra in [("per_batch", []), ("once", ["models.teacher.precompute=true"])]:
+        args = ["run", demo, "--out", str(tmp_path / name), "--no-progress"]
+        for s in base + extra:
+            args += ["--set", s]
+        assert main(args) == 0
+        recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in recs if r["stage"] == "aux_pkt"]
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        assert res["stages"]["aux_pkt"]["teacher_precomputed"] is (name == "once")
+    assert len(losses["once"]) == 3
+    np.testing.assert_allclose(losses["once"], losses["per_batch"], rtol=1e-5)

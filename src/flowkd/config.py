@@ -217,7 +217,7 @@ def _validate(cfg: Config) -> None:
         if s.augment not in (True, False, "auto"):
             raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
         frozen = cfg.models[s.model].features or cfg.models[s.model].precompute
-        if frozen:
+        if frozen and sum(s.epochs):  # a stage set to 0 epochs (switched off with --set) trains nothing
             raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has precomputed features and cannot be trained")
     if cfg.weights_format not in ("pt", "safetensors"):
         raise FlowKDError(f"weights_format must be 'pt' or 'safetensors', got {cfg.weights_format!r}")

@@ -201,6 +201,8 @@ class Pipeline:
         if self.cfg.fast.cuda_graph and self.dist.enabled:
             raise FlowKDError("fast.cuda_graph does not combine with distributed training; set fast.cuda_graph=false")
         for s in self.cfg.stages:
+            if s.model not in self.models:  # a precomputed teacher's own stage, switched off (0 epochs)
+                continue
             if s.kind == "distill":
                 flow = self._flow(s)
                 teacher = self.teacher(s.teacher)
@@ -412,6 +414,9 @@ class Pipeline:
             atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in kept))
         stages = {}
         for i, s in enumerate(self.cfg.stages):
+            if s.model not in self.models:  # the config allows this only at 0 epochs: nothing to train
+                self.log(f"[{s.name}] skipped: model {s.model!r} is given as precomputed features")
+                continue
             ckpt = self.out / "checkpoints" / f"{s.name}.{self.cfg.weights_format}"
             if s.name in done and ckpt.exists():
                 self.models[s.model].load_state_dict(load_weights(ckpt))
