@@ -80,7 +80,7 @@ class InformationFlowLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         total = None
-        if self.batched and len(self.pairs) > 1:
+        if self.batched:
             first = self.pair_losses[0]
             values = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
                                first.divergence, first.log_eps).unbind(0)

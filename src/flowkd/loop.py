@@ -132,12 +132,9 @@ def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: 
         yield terms
 
 
-def _eager_epoch(loader, step: Step, opt, epoch: int, autocast):
+def _eager_epoch(loader, step: Step, opt, epoch: int, ctx: Callable):
     for x, y, *index in loader:
-        if autocast is not None:
-            with torch.autocast(device_type=x.device.type, dtype=autocast):
-                terms = step(x, y, epoch, *index)
-        else:
+        with ctx():
             terms = step(x, y, epoch, *index)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -182,6 +179,9 @@ def train(
     params = list(params) if params is not None else list(model.parameters())
     graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
     capturable = graph_cls is StepGraph
+    # a captured step re-casts the weights at every replay: no autocast weight cache across the capture
+    ctx = (lambda: torch.autocast(device_type=params[0].device.type, dtype=autocast, cache_enabled=graph_cls is None)
+           if autocast is not None else contextlib.nullcontext())
     total = int(sum(epochs))
     opt = None
     records = []
@@ -204,11 +204,9 @@ def train(
         n_batches = 0
         t0 = time.perf_counter()
         if graph_cls is not None:
-            ctx = (lambda: torch.autocast(device_type=params[0].device.type, dtype=autocast, cache_enabled=False)
-                   if autocast is not None else contextlib.nullcontext())
             batches = _graph_epoch(loader, step, opt, epoch, ctx, graph_cls)
         else:
-            batches = _eager_epoch(loader, step, opt, epoch, autocast)
+            batches = _eager_epoch(loader, step, opt, epoch, ctx)
         for terms in progress(batches, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
             for k, v in terms.items():
                 v = v.detach().float()

