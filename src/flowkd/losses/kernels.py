@@ -10,7 +10,7 @@ import torch
 
 from ..registry import Registry
 
-__all__ = ["KERNELS", "cosine", "student_t", "cosine_and_student_t", "combined_kernels", "rbf", "adaptive_rbf", "conditional", "EPS"]
+__all__ = ["KERNELS", "cosine", "student_t", "rbf", "adaptive_rbf", "conditional", "EPS"]
 
 EPS = 1e-6
 KERNELS: Registry = Registry("kernel")
@@ -36,34 +36,6 @@ def cosine(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """1 / (1 + ||a - b||), the distance taken as sqrt(max(d^2, 0) + eps)."""
     return 1.0 / (1.0 + torch.sqrt(_sq_dists(x) + eps))
-
-
-def combined_kernels(xs: list[torch.Tensor], eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's combined kernel for L feature matrices of one batch (widths may differ): the cosine and the
-    Student-t matrices, each stacked (L, N, N). Only the two matrix products and the row norms run matrix by
-    matrix; every N x N step after them runs once on the stack (few, larger GPU kernels).
-
-    The cosine is the plain Gram matrix over the outer product of the row norms (+ eps): what ``cosine``
-    computes, without dividing the wide feature matrix itself. It is never derived from the centred Gram matrix
-    the distances use: divided by tiny norms, that one's rounding error blows up (NaN for an all-zero row)."""
-    raw, cen, norms = [], [], []
-    for x in xs:
-        raw.append(x @ x.T)
-        norms.append(torch.linalg.vector_norm(x, dim=1, keepdim=True))
-        c = x - x.mean(0, keepdim=True).detach()
-        cen.append(c @ c.T)
-    g, n = torch.stack(cen), torch.stack(norms) + eps             # (L, N, N) centred Gram, (L, N, 1)
-    sq = torch.diagonal(g, dim1=1, dim2=2).unsqueeze(2)
-    off = 1.0 - torch.eye(g.shape[1], device=g.device, dtype=g.dtype)
-    d2 = (sq + sq.transpose(1, 2) - 2.0 * g).clamp_min(0.0) * off
-    cos = (torch.stack(raw) / (n * n.transpose(1, 2)) + 1.0) / 2.0
-    return cos, 1.0 / (1.0 + torch.sqrt(d2 + eps))
-
-
-def cosine_and_student_t(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cosine(x), student_t(x))`` together: :func:`combined_kernels` of one matrix."""
-    cos, t = combined_kernels([x], eps)
-    return cos[0], t[0]
 
 
 @KERNELS.register("rbf")

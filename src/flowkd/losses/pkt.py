@@ -8,7 +8,8 @@ import torch
 
 from ..errors import FlowKDError
 from .divergences import DIVERGENCES
-from .kernels import KERNELS, combined_kernels, conditional, cosine_and_student_t
+from .fused import pkt_stack
+from .kernels import KERNELS, conditional
 
 __all__ = ["pkt_loss", "pkt_pairs", "PKTLoss", "KERNEL_CHOICES"]
 
@@ -39,13 +40,11 @@ def pkt_loss(
         raise FlowKDError(
             f"PKT needs the same batch on both sides: teacher has {teacher.shape[0]} rows, student {student.shape[0]}"
         )
+    if kernel == "combined" and divergence in BATCHED_DIVERGENCES:  # both kernels together, see pkt_pairs
+        return pkt_pairs([teacher], [student], divergence, log_eps)[0]
     with torch.autocast(device_type=student.device.type, enabled=False):
         t = _flat(teacher).float()
         s = _flat(student).float()
-        if kernel == "combined":  # both kernels from one matrix product per side
-            (tc, tt), (sc, st) = cosine_and_student_t(t), cosine_and_student_t(s)
-            return (div(conditional(tc), conditional(sc), eps=log_eps)
-                    + div(conditional(tt), conditional(st), eps=log_eps))
         total = s.new_zeros(())
         for name in KERNEL_CHOICES[kernel]:
             k = KERNELS.get(name)
@@ -63,8 +62,9 @@ def pkt_pairs(
     values, each equal to ``pkt_loss(teachers[l], students[l], "combined", ...)``.
 
     The information-flow loss of several layer pairs is many small N x N operations per pair; stacking the
-    pairs runs each of them once (231 instead of 560 GPU kernels for 4 pairs, forward + backward, measured on
-    an H200; kernel count is what bounds a small student's step on a GPU). ``divergence`` is ``jeffreys`` or ``kl``.
+    pairs runs each of them once, and the backward is written out (``flowkd.losses.fused``): kernel count is
+    what bounds a small student's step on a GPU. ``divergence`` is ``jeffreys`` or ``kl``. Computed in float32
+    (float64 inputs in float64) with autocast off; gradients reach the students only.
     """
     if len(teachers) != len(students) or not teachers:
         raise FlowKDError(f"pkt_pairs needs as many teacher as student matrices, got {len(teachers)} and {len(students)}")
@@ -73,12 +73,11 @@ def pkt_pairs(
     n = {x.shape[0] for x in (*teachers, *students)}
     if len(n) != 1:
         raise FlowKDError(f"PKT needs the same batch on both sides and in every pair, got batch sizes {sorted(n)}")
-    div = DIVERGENCES.get(divergence)
+    dtype = torch.float64 if any(x.dtype == torch.float64 for x in (*teachers, *students)) else torch.float32
     with torch.autocast(device_type=students[0].device.type, enabled=False):
-        p = conditional(torch.cat(combined_kernels([_flat(t).float() for t in teachers])))  # (2L, N, N)
-        q = conditional(torch.cat(combined_kernels([_flat(s).float() for s in students])))
-        per = div(p, q, eps=log_eps, dim=(1, 2))                  # (2L,): cosine values, then Student-t
-        return per.view(2, -1).sum(0)
+        values = pkt_stack([_flat(t).to(dtype) for t in teachers], [_flat(s).to(dtype) for s in students],
+                           kl=divergence == "kl", log_eps=log_eps)   # (2, L): cosine, Student-t
+        return values.sum(0)
 
 
 BATCHED_DIVERGENCES = ("jeffreys", "kl")
