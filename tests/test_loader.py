@@ -256,3 +256,23 @@ def test_epoch_generator_depends_on_seed_and_epoch():
     draws = {(s, e): torch.rand(4, generator=epoch_generator(s, e)).tolist() for s in (0, 1) for e in (0, 1)}
     assert draws[(0, 0)] == torch.rand(4, generator=epoch_generator(0, 0)).tolist()
     assert len({tuple(v) for v in draws.values()}) == 4
+
+
+@pytest.mark.parametrize("world, rank", [(1, 0), (3, 1)])
+@pytest.mark.parametrize("shuffle, augment, drop_last", [(True, True, False), (False, False, True), (True, False, False)])
+def test_chunked_batches_equal_batches_made_one_at_a_time(world, rank, shuffle, augment, drop_last):
+    data = make_data(n=23, c=3, h=4, w=5)
+    kw = dict(batch_size=4, shuffle=shuffle, augment=augment, pad=2, seed=5, drop_last=drop_last,
+              channels_last=True, world=world, rank=rank, with_index=True)
+    one = Loader(data, chunk_bytes=0, **kw)            # one batch per chunk
+    chunked = Loader(data, chunk_bytes=3 * 4 * 60 * 4, **kw)  # three batches per chunk: a partial last chunk
+    for loader in (one, chunked):
+        loader.set_epoch(1)
+    a, b = list(one), list(chunked)
+    assert len(a) == len(b) == len(one)
+    for (x1, y1, i1), (x2, y2, i2) in zip(a, b):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(i1, i2)
+        assert x2.is_contiguous(memory_format=torch.channels_last)
+    # every sample of the epoch exactly once over the ranks' shares (world 1: the whole epoch)
+    if world == 1 and not drop_last:
+        assert sorted(torch.cat([i for _, _, i in b]).tolist()) == list(range(23))

@@ -139,11 +139,15 @@ class Loader:
     exactly the single-process batch. A last batch smaller than ``world`` is dropped.
     ``with_index=True`` yields ``(x, y, index)``, ``index`` being the samples' positions in ``data`` (what a
     teacher given as precomputed per-sample features looks its rows up by).
+    Consecutive batches are gathered, augmented and normalised together, about ``chunk_bytes`` of float
+    images at a time (a few large operations instead of a dozen small ones per batch); the batches are views
+    of that chunk and equal, bit for bit, the ones made one at a time (``chunk_bytes=0``).
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
                  augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, rank: int = 0, world: int = 1, with_index: bool = False):
+                 channels_last: bool = False, rank: int = 0, world: int = 1, with_index: bool = False,
+                 chunk_bytes: int = 64 << 20):
         if batch_size < 1:
             raise FlowKDError(f"batch size must be positive, got {batch_size}")
         if batch_size < world:
@@ -151,6 +155,7 @@ class Loader:
         self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
         self.rank, self.world, self.with_index = rank, world, with_index
+        self.chunk_bytes = chunk_bytes
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -162,27 +167,46 @@ class Loader:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
+    def _batches(self) -> list[tuple[int, int]]:
+        """Each batch as [start, stop) positions in the epoch's order (this rank's share of it)."""
+        n, bs = len(self.data), self.batch_size
+        bounds = [(i * bs, min(n, (i + 1) * bs)) for i in range(len(self))]
+        if self.world > 1:  # this rank's contiguous share of each global batch
+            shares = []
+            for lo, hi in bounds:
+                part = torch.arange(hi - lo).tensor_split(self.world)[self.rank]
+                shares.append((lo + int(part[0]), lo + int(part[-1]) + 1))
+            bounds = shares
+        return bounds
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         gen = epoch_generator(self.seed, self.epoch)
         n = len(self.data)
         dev = self.data.images.device
         order = torch.randperm(n, generator=gen).to(dev) if self.shuffle else None
-        slices = [slice(i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self))]
-        if self.augment:  # the whole epoch's draws, in the per-batch order, sent to the device at once
-            per = [draw_crop_flip(sl.stop - sl.start, self.pad, gen) for sl in slices]
+        if self.augment:  # the whole epoch's draws, batch after batch of one stream, sent to the device at once
+            per = [draw_crop_flip(hi - lo, self.pad, gen) for lo, hi in
+                   ((i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self)))]
             every = [torch.cat(d).to(dev) if d[0] is not None else None for d in zip(*per)] if per else []
-        for i, sl in enumerate(slices):
-            idx = order[sl] if order is not None else torch.arange(sl.start, sl.stop, device=dev)
-            draws = tuple(d[sl] if d is not None else None for d in every) if self.augment else None
-            if self.world > 1:  # this rank's contiguous share of the global batch
-                part = torch.arange(len(idx)).tensor_split(self.world)[self.rank]
-                lo, hi = int(part[0]), int(part[-1]) + 1
-                idx = idx[lo:hi]
-                draws = tuple(d[lo:hi] if d is not None else None for d in draws) if draws else None
+        batches = self._batches()
+        sample_bytes = 4 * int(np.prod(self.data.shape))
+        per_chunk = max(1, self.chunk_bytes // max(1, sample_bytes * self.batch_size))
+        for c in range(0, len(batches), per_chunk):
+            group = batches[c:c + per_chunk]
+            if all(a[1] == b[0] for a, b in zip(group, group[1:])):
+                sel = slice(group[0][0], group[-1][1])
+                idx = order[sel] if order is not None else torch.arange(sel.start, sel.stop, device=dev)
+            else:  # ranks' shares: not contiguous in the epoch's order
+                sel = torch.cat([torch.arange(lo, hi) for lo, hi in group]).to(dev)
+                idx = order[sel] if order is not None else sel
             x, y = self.data.images[idx], self.data.labels[idx]
-            if draws is not None:
-                x = apply_crop_flip(x, self.pad, *draws)
+            if self.augment:
+                x = apply_crop_flip(x, self.pad, *(d[sel] if d is not None else None for d in every))
             x = self.data.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield (x, y, idx) if self.with_index else (x, y)
+            at = 0
+            for lo, hi in group:
+                b = slice(at, at + hi - lo)
+                at = b.stop
+                yield (x[b], y[b], idx[b]) if self.with_index else (x[b], y[b])
