@@ -72,6 +72,7 @@ def _worker(rank, world, port, out, precomputed=False):
         terms["loss"].backward()
     if rank == 0:
         torch.save({"loss": terms["loss"].detach(), "grads": [p.grad.clone() for p in student.parameters()]}, out)
+    dist.barrier()  # no rank tears the group down while the other still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 
