@@ -1,7 +1,8 @@
-"""The information-flow loss's PKT terms computed three ways, forward + backward, same run: each kernel on its
-own (separate), both kernels of a side together (combined, pair by pair), and all pairs at once (``pkt_pairs``,
-what ``InformationFlowLoss`` uses). Four pairs of the student stage's shapes (batch 128); on a GPU it also
-counts the kernels each launches (what bounds a small student's step).
+"""The information-flow loss's PKT terms computed four ways, forward + backward, same run: each kernel on its
+own through autograd (separate), all pairs stacked through autograd (what flowkd did before its hand-written
+backward), flowkd's fused function pair by pair (``pkt_loss``), and all pairs at once (``pkt_pairs``, what
+``InformationFlowLoss`` uses). Four pairs of the student stage's shapes (batch 128); on a GPU it also counts
+the kernels each launches (what bounds a small student's step).
 
     python benchmarks/bench_pkt.py [--device cuda] [--repeat 50]
 """
@@ -23,6 +24,20 @@ PAIRS = [(16 * 15 * 15, 8 * 15 * 15), (32 * 6 * 6, 16 * 6 * 6), (64 * 2 * 2, 32 
 
 def separate(t, s):
     return sum(jeffreys(conditional(k(t)), conditional(k(s))) for k in (cosine, student_t))
+
+
+def stacked_autograd(ts, ss):
+    """All pairs stacked, every step recorded by autograd: the baseline for the hand-written backward."""
+    def kernels(xs):
+        raw = torch.stack([x @ x.T for x in xs])
+        n = torch.stack([torch.linalg.vector_norm(x, dim=1, keepdim=True) for x in xs]) + 1e-6
+        cen = torch.stack([(c := x - x.mean(0, keepdim=True).detach()) @ c.T for x in xs])
+        sq = torch.diagonal(cen, dim1=1, dim2=2).unsqueeze(2)
+        off = 1.0 - torch.eye(cen.shape[1], device=cen.device)
+        d2 = (sq + sq.transpose(1, 2) - 2.0 * cen).clamp_min(0.0) * off
+        return torch.cat([(raw / (n * n.transpose(1, 2)) + 1.0) / 2.0, 1.0 / (1.0 + torch.sqrt(d2 + 1e-6))])
+    p, q = conditional(kernels(ts)), conditional(kernels(ss))
+    return jeffreys(p, q, dim=(1, 2)).view(2, -1).sum(0)
 
 
 def kernel_launches(fn, dev) -> int | None:
@@ -55,14 +70,17 @@ def main():
             return float(total.detach())
         return go
 
-    def all_pairs():
-        total = pkt_pairs([t for t, _ in feats], [s for _, s in feats]).sum()
-        total.backward()
-        return float(total.detach())
+    def all_pairs(fn):
+        def go():
+            total = fn([t for t, _ in feats], [s for _, s in feats]).sum()
+            total.backward()
+            return float(total.detach())
+        return go
 
-    variants = [("separate: one product per kernel, pair by pair", per_pair(separate)),
-                ("combined: both kernels per side together, pair by pair", per_pair(lambda t, s: pkt_loss(t, s, "combined"))),
-                ("all pairs at once (pkt_pairs, the default)", all_pairs)]
+    variants = [("separate kernels, autograd, pair by pair", per_pair(separate)),
+                ("all pairs stacked, autograd", all_pairs(stacked_autograd)),
+                ("fused function (hand-written backward), pair by pair", per_pair(lambda t, s: pkt_loss(t, s, "combined"))),
+                ("fused function, all pairs at once (pkt_pairs, the default)", all_pairs(pkt_pairs))]
     rows, runs = [], {}
     for name, go in variants:
         go()  # warm-up

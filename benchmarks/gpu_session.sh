@@ -54,19 +54,18 @@ from flowkd.data.readers import load_dataset
 tr, te = load_dataset('cifar10_jpg', '$WORK/data/cifar10')
 print('decoded', tuple(tr.images.shape), tuple(te.images.shape), 'in', round(time.perf_counter()-t, 1), 's')\""
 
-step tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py
+step tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py tests/test_pkt.py tests/test_fast_path.py tests/test_loader.py
 
 step bench_pkt 40 python3 benchmarks/bench_pkt.py --device $D --repeat 50
 
 step bench_epoch 170 python3 benchmarks/bench_epoch.py --data "$WORK/data/cifar10" --images $IMAGES --device $D \
-    --repeat 2
-
-step bench_retrieval 60 python3 benchmarks/bench_retrieval.py --device $D --skip-baseline
+    --epochs 3 --naive-repeat 2
 
 step profile 45 python3 benchmarks/profile_student.py --data "$WORK/data/cifar10" --device $D --steps $STEPS \
     --amp --channels-last
 
 # the whole paper pipeline (all stages, all evaluations), fast path on; whatever time is left
+rm -rf "$WORK/run"
 step pipeline 400 python3 -m flowkd run configs/cifar10_resnet18_to_verytiny.toml --out "$WORK/run" --no-progress \
     --set device=$D --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
     "${FAST[@]}" "${RUNSETS[@]}"
@@ -78,5 +77,6 @@ if ! grep -q "^pipeline rc=0" "$OUT/steps.txt"; then  # the fast path failed: th
 fi
 rm -rf "$WORK/run/checkpoints"
 bundle
+[[ ${RETRIEVAL:-0} == 1 ]] && step bench_retrieval 60 python3 benchmarks/bench_retrieval.py --device $D --skip-baseline
 echo "total $(( $(date +%s) - T0 ))s"
 cat "$OUT/steps.txt"

@@ -53,7 +53,7 @@ def main():
         aux, student = (m.to(memory_format=torch.channels_last) for m in (aux, student))
     flow = InformationFlowLoss(PAIRS, CriticalPeriod())
     teacher, taps = TeacherFeatures(aux, flow.teacher_taps), Taps(student, flow.student_taps)
-    opt = torch.optim.Adam(student.parameters(), 1e-3)
+    opt = torch.optim.Adam(student.parameters(), 1e-3, fused=dev.type == "cuda" or None)  # as flowkd's loop
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.amp else None
     phases: dict[str, float] = defaultdict(float)
 
@@ -103,27 +103,76 @@ def main():
     kernels = [e for e in events if cuda and e.device_type.name == "CUDA"]
     launches = {"kernels_per_step": round(sum(e.count for e in kernels) / n_prof, 1),
                 "kernel_ms_per_step": round(sum(getattr(e, attr) for e in kernels) / 1e3 / n_prof, 4)} if cuda else {}
+    graph = captured_step(dev, args, teacher, taps, flow, student, batches[5]) if cuda else {}
     m = machine(dev)
     variant = ("bf16" if args.amp else "fp32") + (" + channels_last" if args.channels_last else "")
     rows = [f"| {k} | {v / args.steps * 1e3:.2f} | {100 * v / total:.1f} % |" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])]
     op_rows = [f"| `{e.key}` | {getattr(e, attr) / 1e3 / n_prof:.3f} | {100 * getattr(e, attr) / ops_total:.1f} % | {e.count // n_prof} |" for e in top]
     launch_line = (f"GPU kernels per step: {launches['kernels_per_step']:g}, busy {launches['kernel_ms_per_step']:.3f} ms "
                    f"(the sum of their run times; a captured graph replays them back to back).") if cuda else ""
+    graph_lines = [
+        f"As one CUDA graph (`fast.cuda_graph`, what an epoch replays): {graph['kernels_per_step']:g} kernels per step, "
+        f"busy {graph['kernel_ms_per_step']:.3f} ms; a replay takes {graph['replay_ms']:.3f} ms; once per epoch the "
+        f"eager warm-up step takes {graph['warm_ms']:.1f} ms and the capture {graph['capture_ms']:.1f} ms, so an epoch of "
+        f"391 steps costs about {graph['epoch_estimate_s']:.3f} s plus the loader.", ""] if graph else []
     table = "\n".join([
         f"# Student information-flow step: where the time goes ({args.steps} steps of batch 128, {variant})", "",
         f"machine: {m.get('gpu') or m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads; "
         f"{'real CIFAR-10' if args.data else 'synthetic'} images", "",
         f"Per step {total / args.steps * 1e3:.2f} ms (phases synchronised); scaled to an epoch of 391 steps: "
         f"{total / args.steps * 391:.2f} s.", "",
-        "| phase | ms / step | share |", "|---|---:|---:|", *rows, "", *([launch_line, ""] if launch_line else []),
+        "| phase | ms / step | share |", "|---|---:|---:|", *rows, "", *([launch_line, ""] if launch_line else []), *graph_lines,
         f"Top operators by self {'device' if cuda else 'CPU'} time (profiler, {n_prof} steps):", "",
         "| operator | ms / step | share | calls / step |", "|---|---:|---:|---:|", *op_rows]) + "\n"
-    doc = {"machine": m, "steps": args.steps, **launches, "amp": args.amp, "channels_last": args.channels_last, "ms_per_step": round(total / args.steps * 1e3, 3),
+    doc = {"machine": m, "steps": args.steps, **launches, "graph": graph, "amp": args.amp, "channels_last": args.channels_last, "ms_per_step": round(total / args.steps * 1e3, 3),
            "phases_ms_per_step": {k: round(v / args.steps * 1e3, 3) for k, v in phases.items()},
            "top_ops": [{"op": e.key, "ms_per_step": round(getattr(e, attr) / 1e3 / n_prof, 4),
                         "calls_per_step": e.count // n_prof} for e in top]}
     suffix = ("" if dev.type == "cpu" else "_" + dev.type) + ("_bf16" if args.amp else "") + ("_cl" if args.channels_last else "")
     write("profile_student" + suffix, doc, table)
+
+
+def captured_step(dev, args, teacher, taps, flow, student, batch) -> dict:
+    """The same step captured as flowkd's loop does it (``StepGraph``): warm-up, capture, replay times, and
+    the kernels one replay runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from flowkd.loop import StepGraph
+
+    opt = torch.optim.Adam(student.parameters(), 1e-3, capturable=True, fused=True)
+    x, y = (b.clone() for b in batch)
+
+    def body():
+        opt.zero_grad(set_to_none=False)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp, cache_enabled=False):
+            loss = flow(teacher(x), taps(x)[1], 0)["loss"]
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    def clock(fn):
+        sync(dev)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(dev)
+        return out, (time.perf_counter() - t0) * 1e3
+
+    _, warm = clock(lambda: StepGraph.warm(body))
+    graph, capture = clock(lambda: StepGraph(body))
+    graph()
+    n = 200
+    _, replays = clock(lambda: [graph() for _ in range(n)])
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            graph()
+        sync(dev)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    attr = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    replay = replays / n
+    return {"warm_ms": round(warm, 2), "capture_ms": round(capture, 2), "replay_ms": round(replay, 4),
+            "kernels_per_step": round(sum(e.count for e in events) / 20, 1),
+            "kernel_ms_per_step": round(sum(getattr(e, attr) for e in events) / 1e3 / 20, 4),
+            "epoch_estimate_s": round((warm + capture + 390 * replay) / 1e3, 3)}
 
 
 if __name__ == "__main__":

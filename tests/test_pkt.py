@@ -221,3 +221,22 @@ def test_information_flow_batches_its_pairs_and_matches_the_per_pair_loss():
         torch.testing.assert_close(fast[k], slow[k], rtol=1e-5, atol=1e-9)
     # baselines and custom kernels keep the per-pair path
     assert not flowkd.InformationFlowLoss(pairs, kernel="cosine").batched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pkt_pairs_on_cuda_matches_the_float64_reference():
+    g = torch.Generator().manual_seed(7)
+    ts = [torch.randn(128, d, generator=g, dtype=torch.float64).relu() for d in (3600, 1152, 256, 128)]
+    ss = [torch.randn(128, d, generator=g, dtype=torch.float64).relu() for d in (1800, 576, 128, 64)]
+    s64 = [s.clone().requires_grad_() for s in ss]
+    want = torch.stack([separate_autograd(t, s, "jeffreys", 1e-6) for t, s in zip(ts, s64)])
+    w = torch.tensor([100.0, 70.0, 49.0, 1.0], dtype=torch.float64)
+    g64 = torch.autograd.grad((want * w).sum(), s64)
+    scuda = [s.float().cuda().requires_grad_() for s in ss]
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # PKT stays fp32 under autocast
+        got = flowkd.losses.pkt_pairs([t.float().cuda() for t in ts], scuda)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double().cpu(), want.detach(), rtol=1e-4, atol=1e-9)
+    gcuda = torch.autograd.grad((got * w.float().cuda()).sum(), scuda)
+    for a, b in zip(gcuda, g64):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=2e-3, atol=2e-3 * b.abs().max().item())

@@ -80,21 +80,36 @@ class InformationFlowLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         total = None
+        weights = self.weights(epoch)
         if self.batched:
             first = self.pair_losses[0]
-            values = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
-                               first.divergence, first.log_eps).unbind(0)
+            stacked = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
+                                first.divergence, first.log_eps)
+            values = stacked.unbind(0)
+            if all(w != 0.0 for w in weights):  # one product with the weight vector, not a sum pair by pair
+                total = (stacked * self._weight_vector(weights, stacked)).sum()
         else:
             values = [loss(teacher[t], student[s]) for (t, s), loss in zip(self.pairs, self.pair_losses)]
-        for name, w, value in zip(self.names, self.weights(epoch), values):
+        weighted = total is None
+        for name, w, value in zip(self.names, weights, values):
             terms[f"{self.term}/{name}"] = value.detach()
             terms[f"w/{name}"] = torch.tensor(float(w))
-            if w != 0.0:
+            if weighted and w != 0.0:
                 total = w * value if total is None else total + w * value
         if total is None:
             total = next(iter(student.values())).sum() * 0.0
         terms["loss"] = total
         return terms
+
+    def _weight_vector(self, weights: list[float], like: torch.Tensor) -> torch.Tensor:
+        """The weights as a tensor beside the values, made once per set of weights (an epoch's step runs
+        many times with the same ones, and a captured CUDA graph must not copy from the host)."""
+        key = (tuple(float(w) for w in weights), like.device, like.dtype)
+        cached = getattr(self, "_weights_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, torch.tensor(key[0], dtype=like.dtype, device=like.device))
+            self._weights_cache = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"pairs={self.pairs}, schedule={self.schedule}"
