@@ -6,7 +6,8 @@
 #
 # Everything (logs, results/bench_*_cuda.*, the pipeline's results/metrics) is packed into $OUT/bundle.tgz
 # after every step; $OUT/steps.txt lists each step's exit code and seconds. BUDGET (s) bounds the whole.
-# SMOKE=1 runs the same steps on the CPU with tiny sizes (to check the script itself).
+# SMOKE=1 runs the same steps on the CPU with tiny sizes (to check the script itself); SKIP="bench_pkt ..." leaves
+# steps out, TESTS picks the test files, NAIVE_REPEAT the naive loop's epochs, RETRIEVAL=1 adds the retrieval bench.
 set -u
 OUT=${OUT:-/tmp/flowkd-gpu-out}
 BUDGET=${BUDGET:-560}
@@ -22,8 +23,9 @@ bundle() {  # everything worth keeping, as one file (the device returns at most 
     tar czf "$OUT/bundle.tgz.tmp" --exclude=checkpoints -C "$WORK" logs results $(cd "$WORK" && ls -d run 2>/dev/null) \
         && mv "$OUT/bundle.tgz.tmp" "$OUT/bundle.tgz"
 }
-step() {  # step NAME LIMIT_S CMD...
+step() {  # step NAME LIMIT_S CMD...   (SKIP="name ..." leaves steps out)
     local name=$1 limit=$2; shift 2
+    if [[ " ${SKIP:-} " == *" $name "* ]]; then echo "$name skipped (SKIP)" | tee -a "$OUT/steps.txt"; return; fi
     local left=$(( BUDGET - ($(date +%s) - T0) - 10 ))
     (( limit > left )) && limit=$left
     if (( limit < 5 )); then echo "$name skipped (budget spent)" | tee -a "$OUT/steps.txt"; return; fi
@@ -54,12 +56,12 @@ from flowkd.data.readers import load_dataset
 tr, te = load_dataset('cifar10_jpg', '$WORK/data/cifar10')
 print('decoded', tuple(tr.images.shape), tuple(te.images.shape), 'in', round(time.perf_counter()-t, 1), 's')\""
 
-step tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_graph.py tests/test_pkt.py tests/test_fast_path.py tests/test_loader.py
+step tests 90 python3 -m pytest -q -x -p no:cacheprovider ${TESTS:-tests/test_cuda_graph.py tests/test_pkt.py tests/test_fast_path.py tests/test_loader.py}
 
 step bench_pkt 40 python3 benchmarks/bench_pkt.py --device $D --repeat 50
 
 step bench_epoch 170 python3 benchmarks/bench_epoch.py --data "$WORK/data/cifar10" --images $IMAGES --device $D \
-    --epochs 3 --naive-repeat 2
+    --epochs 3 --naive-repeat ${NAIVE_REPEAT:-2}
 
 step profile 45 python3 benchmarks/profile_student.py --data "$WORK/data/cifar10" --device $D --steps $STEPS \
     --amp --channels-last

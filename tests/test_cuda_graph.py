@@ -71,6 +71,44 @@ def test_graph_bookkeeping_trains_exactly_like_the_eager_loop(kind, optimizer, f
         assert eager[0]["w/pool1~pool1"] == 10.0 and eager[1]["w/pool1~pool1"] == 5.0
 
 
+class CountingStep(PlainStep):
+    captures = 0
+
+    def __init__(self, body):
+        super().__init__(body)
+        CountingStep.captures += 1
+
+
+@pytest.mark.parametrize("kind, fresh, captures", [
+    ("distill", False, 4),     # shapes 64 and 44, captured in epoch 0, replayed in epoch 1 (new weights in device
+                               # memory), captured again in epoch 2 for its new learning rate
+    ("distill", True, 6),      # a fresh Adam every epoch: captured every epoch
+    ("supervised", False, 4),
+])
+def test_a_captured_step_serves_epochs_until_what_it_fixed_changes(kind, fresh, captures):
+    CountingStep.captures = 0
+    recs, _ = _run(CountingStep, kind=kind, fresh=fresh)
+    assert CountingStep.captures == captures
+    eager, _ = _run(False, kind=kind, fresh=fresh)
+    assert [r["loss"] for r in recs] == [r["loss"] for r in eager]
+
+
+def test_a_step_without_prepare_is_captured_every_epoch():
+    """A user's step may use the epoch in Python (here a loss scale): it must not be replayed into the next."""
+    def run(graph):
+        torch.manual_seed(0)
+        student = create_model("digits_cnn", in_channels=1, in_size=8)
+        base = supervised_step(student)
+        step = lambda x, y, epoch: {"loss": base(x, y, epoch)["loss"] * (epoch + 1)}  # noqa: E731
+        loader = Loader(_data("cpu"), 64, shuffle=True, seed=3)
+        return train(student, loader, step, epochs=[3], lr=[1e-2], show_progress=False, cuda_graph=graph)
+
+    CountingStep.captures = 0
+    graphed = run(CountingStep)
+    assert CountingStep.captures == 6
+    assert [r["loss"] for r in graphed] == [r["loss"] for r in run(False)]
+
+
 def test_graph_path_needs_a_cuda_device(tmp_path, capsys):
     from importlib import resources
 
@@ -99,6 +137,7 @@ def test_captured_step_matches_eager_on_cuda(kind, fresh):
     graphed, w_graph = _run(True, device="cuda", kind=kind, fresh=fresh)
     for a, b in zip(eager, graphed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert {k: v for k, v in b.items() if k.startswith("w/")} == {k: v for k, v in a.items() if k.startswith("w/")}
     for k in w_eager:  # a conv bias under BatchNorm gets rounding-noise gradients only, which Adam turns into
         if not (k.startswith("conv") and k.endswith(".bias")):  # lr-sized steps of random sign (and BN's running mean follows)
             # Adam's first steps move each weight by about lr (1e-2) whatever its gradient's size, so rounding-level

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from .capture import in_graph
 from .errors import FlowKDError
 from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
@@ -87,13 +88,14 @@ class InformationFlowLoss(nn.Module):
                                 first.divergence, first.log_eps)
             values = stacked.unbind(0)
             if all(w != 0.0 for w in weights):  # one product with the weight vector, not a sum pair by pair
-                total = (stacked * self._weight_vector(weights, stacked)).sum()
+                wvec = self._weight_vector(weights, stacked.device, in_graph(stacked))
+                total = (stacked * wvec).sum()
         else:
             values = [loss(teacher[t], student[s]) for (t, s), loss in zip(self.pairs, self.pair_losses)]
         weighted = total is None
-        for name, w, value in zip(self.names, weights, values):
+        for i, (name, w, value) in enumerate(zip(self.names, weights, values)):
             terms[f"{self.term}/{name}"] = value.detach()
-            terms[f"w/{name}"] = torch.tensor(float(w))
+            terms[f"w/{name}"] = torch.tensor(float(w)) if weighted else wvec[i]
             if weighted and w != 0.0:
                 total = w * value if total is None else total + w * value
         if total is None:
@@ -101,15 +103,28 @@ class InformationFlowLoss(nn.Module):
         terms["loss"] = total
         return terms
 
-    def _weight_vector(self, weights: list[float], like: torch.Tensor) -> torch.Tensor:
-        """The weights as a tensor beside the values, made once per set of weights (an epoch's step runs
-        many times with the same ones, and a captured CUDA graph must not copy from the host)."""
-        key = (tuple(float(w) for w in weights), like.device, like.dtype)
-        cached = getattr(self, "_weights_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, torch.tensor(key[0], dtype=like.dtype, device=like.device))
-            self._weights_cache = cached
-        return cached[1]
+    def _weight_vector(self, weights: list[float], device, keep: bool = False) -> torch.Tensor:
+        """The weights as one float32 tensor on ``device``, kept in place from call to call: a step captured as
+        a CUDA graph reads this memory at every replay, and ``prepare`` writes each epoch's weights into it.
+        ``keep``: use it as it is (inside a capture or a replay, where the loop has prepared it)."""
+        buf = getattr(self, "_weights_buf", None)
+        if buf is None or buf.device != torch.device(device):
+            buf = self._weights_buf = torch.tensor(weights, dtype=torch.float32, device=device)
+            self._weights_now = list(weights)
+        elif not keep and self._weights_now != list(weights):
+            buf.copy_(torch.tensor(weights, dtype=torch.float32))
+            self._weights_now = list(weights)
+        return buf
+
+    def prepare(self, epoch: int, device) -> tuple:
+        """Before an epoch's steps (outside any capture): put the epoch's weights where a captured step reads
+        them, and return what else a captured step has fixed in it (the loop captures again when that changes):
+        nothing for the weight vector of the batched PKT; the weights themselves for per-pair losses."""
+        w = self.weights(epoch)
+        if self.batched and all(x != 0.0 for x in w):
+            self._weight_vector(w, device)
+            return ("weight vector", len(w))
+        return tuple(w)
 
     def extra_repr(self) -> str:
         return f"pairs={self.pairs}, schedule={self.schedule}"

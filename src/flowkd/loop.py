@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .capture import stand_in_replay
 from .errors import FlowKDError
 
 __all__ = ["train", "lr_at", "progress", "StepGraph"]
@@ -85,13 +86,16 @@ class StepGraph:
 
 
 class PlainStep(StepGraph):
-    """The same bookkeeping without capture (what the CPU tests check the graph path's logic with)."""
+    """The same bookkeeping without capture (what the CPU tests check the graph path's logic with): each call
+    runs the step's Python again, as a replay (``flowkd.capture.in_graph`` is true), so values the Python fixed
+    at "capture" stay fixed, as they would in a real graph."""
 
     def __init__(self, body: Callable[[], dict]):
         self.body = body
 
     def __call__(self) -> dict:
-        return self.body()
+        with stand_in_replay():
+            return self.body()
 
     @staticmethod
     def warm(fn: Callable[[], dict]) -> dict:
@@ -102,13 +106,15 @@ def _one_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: type[StepGraph]):
-    """Yield each batch's terms: the epoch's first full batch runs eagerly (warm-up), the step is then
-    captured on static buffers and replayed for every batch of that size; another size runs eagerly.
-    Captured once per epoch, as the learning rate and the schedule's weights are constants of an epoch.
-    The warm-up step also creates the gradients and the optimiser's state outside the capture (state first
-    created inside it would be re-zeroed at every replay); the captured step zeroes the gradients in place
-    and accumulates into them, so parameters the loss does not reach keep no gradient, as in the eager loop."""
+def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: type[StepGraph], graphs: dict):
+    """Yield each batch's terms, replaying captured steps. ``graphs`` lives for the whole stage: one captured
+    step per batch shape, kept from epoch to epoch while nothing it has fixed in it changes (the optimiser
+    object, the learning rate, and what ``step.prepare(epoch)`` returns: a step with ``prepare`` puts its
+    per-epoch values in device memory there; a step without it is captured again every epoch).
+    A shape's first batch runs eagerly (warm-up; it also creates the gradients and the optimiser's state
+    outside the capture: state first created inside it would be re-zeroed at every replay), then the step is
+    captured on static buffers; the captured step zeroes the gradients in place and accumulates into them,
+    so parameters the loss does not reach keep no gradient, as in the eager loop."""
 
     def eager(batch):
         x, y, *index = batch
@@ -119,18 +125,22 @@ def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: 
         opt.step()
         return {**terms, "loss": terms["loss"].detach()}  # keep no autograd graph alive into the capture
 
-    graph, static = None, None
+    prepare = getattr(step, "prepare", None)
+    key = (opt, opt.param_groups[0]["lr"], prepare(epoch) if prepare is not None else ("epoch", epoch))
+    if graphs.get("key") != key:
+        graphs.clear()
+        graphs["key"] = key
     for batch in loader:
-        if graph is None:
-            terms = graph_cls.warm(lambda: eager(batch))
-            static = [b.clone() for b in batch]
-            graph = graph_cls(lambda: eager(static))
-        elif batch[0].shape == static[0].shape:
+        shape = tuple(batch[0].shape)
+        if shape in graphs:
+            graph, static = graphs[shape]
             for dst, src in zip(static, batch):
                 dst.copy_(src)
             terms = graph()
         else:
-            terms = eager(batch)
+            terms = graph_cls.warm(lambda: eager(batch))
+            static = [b.clone() for b in batch]
+            graphs[shape] = (graph_cls(lambda s=static: eager(s)), static)
         yield terms
 
 
@@ -172,8 +182,10 @@ def train(
     ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
     continues after epoch e (the model's weights are the caller's to restore; data order and augmentation
     depend only on the epoch, so the continuation is exact).
-    ``cuda_graph=True`` replays each epoch's step (forward, loss, backward, optimiser step) as one captured
-    CUDA graph (:class:`StepGraph`); the step must stay on the device (no host syncs). Same arithmetic as
+    ``cuda_graph=True`` replays the step (forward, loss, backward, optimiser step) as one captured CUDA graph
+    (:class:`StepGraph`); the step must stay on the device (no host syncs). A captured step serves every
+    epoch until the learning rate or what ``step.prepare(epoch)`` returns changes (steps without ``prepare``
+    are captured again each epoch); ``supervised_step`` and ``distill_step`` have it. Same arithmetic as
     the eager loop, but Adam is created ``capturable`` (its step counter lives on the device). Adam over
     parameters on a GPU is PyTorch's fused implementation (the same update, one kernel).
     """
@@ -187,6 +199,7 @@ def train(
            if autocast is not None else contextlib.nullcontext())
     total = int(sum(epochs))
     opt = None
+    graphs: dict = {}  # the stage's captured steps (cuda_graph)
     records = []
     first = 0
     if resume is not None:
@@ -207,13 +220,16 @@ def train(
         n_batches = 0
         t0 = time.perf_counter()
         if graph_cls is not None:
-            batches = _graph_epoch(loader, step, opt, epoch, ctx, graph_cls)
+            batches = _graph_epoch(loader, step, opt, epoch, ctx, graph_cls, graphs)
         else:
             batches = _eager_epoch(loader, step, opt, epoch, ctx)
         for terms in progress(batches, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
-            for k, v in terms.items():
-                v = v.detach().float()
-                sums[k] = sums[k] + v if k in sums else v.clone()
+            if sums.keys() == terms.keys():  # the usual case: one multi-tensor add for every term
+                torch._foreach_add_(list(sums.values()), [v.detach().float() for v in terms.values()])
+            else:
+                for k, v in terms.items():
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v.clone()
             n_batches += 1
         if n_batches == 0:
             raise FlowKDError(f"{name}: the training data gave no batch (empty dataset, or batch larger than the data with drop_last)")

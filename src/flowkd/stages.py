@@ -53,6 +53,7 @@ def supervised_step(model: nn.Module) -> Callable:
         ce = F.cross_entropy(model(x), y)
         return {"loss": ce, "ce": ce.detach()}
 
+    step.prepare = lambda epoch: ()  # the same step every epoch (a captured graph serves the whole stage)
     return step
 
 
@@ -97,6 +98,12 @@ class distill_step:
         elif self.ddp:  # DDP wants every parameter in the graph: the unused head gets a zero gradient
             terms["loss"] = terms["loss"] + 0.0 * out.float().sum()
         return terms
+
+    def prepare(self, epoch: int) -> tuple:
+        """Called by the loop before each epoch: the flow's weights go to the student's device; returns what a
+        captured step depends on beyond device memory (see ``InformationFlowLoss.prepare``)."""
+        device = next(iter(self.taps.model.parameters())).device
+        return (self.flow.prepare(epoch, device), self.ce_weight)
 
     def close(self) -> None:
         self.taps.remove()
