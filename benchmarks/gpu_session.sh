@@ -71,7 +71,7 @@ rm -rf "$WORK/run"
 step pipeline 400 python3 -m flowkd run configs/cifar10_resnet18_to_verytiny.toml --out "$WORK/run" --no-progress \
     --set device=$D --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
     "${FAST[@]}" "${RUNSETS[@]}"
-if ! grep -q "^pipeline rc=0" "$OUT/steps.txt"; then  # the fast path failed: the same run without the graph
+if grep -q "^pipeline rc=[1-9]" "$OUT/steps.txt"; then  # the fast path failed: the same run without the graph
     rm -rf "$WORK/run"
     step pipeline_nograph 400 python3 -m flowkd run configs/cifar10_resnet18_to_verytiny.toml --out "$WORK/run" --no-progress \
         --set device=$D --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
