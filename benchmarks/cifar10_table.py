@@ -42,6 +42,7 @@ def rows_of(run: Path) -> tuple[list[dict], dict]:
             "legacy_p100": cos["legacy"]["precision_at"].get("100"), "head_acc": m.get("head_acc"),
             "ncm_acc": m["ncm_acc"], "stage": stage,
             "stage_wall_s": res["stages"].get(stage, {}).get("wall_s"), "epochs": res["stages"].get(stage, {}).get("epochs"),
+            "peak_gpu_mib": res["stages"].get(stage, {}).get("peak_gpu_mib"),
             "paper": paper.get(name),
         })
     return rows, {"run": run.name, "machine": res["machine"], "data": res["data"], "total_wall_s": res["total_wall_s"],
@@ -65,13 +66,14 @@ def main():
 
     lines = ["# CIFAR-10 retrieval (test queries vs train database), last epoch", "", args.note, "",
              "| run | mode | model | arch | cos mAP | euc mAP | P@100 | legacy cos mAP | legacy P@100 | head acc | "
-             "paper cos / euc / P@100 | stage | epochs | stage wall s |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+             "paper cos / euc / P@100 | stage | epochs | stage wall s | stage peak GPU MiB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
         paper = " / ".join(f"{v:.2f}" for v in r["paper"]) if r["paper"] else "—"
         lines.append(f"| {r['run']} | {r['mode']} | {r['model']} | {r['arch']} | {f(r['cos_map'])} | {f(r['euc_map'])} | "
                      f"{f(r['p100'])} | {f(r['legacy_cos_map'])} | {f(r['legacy_p100'])} | {f(r['head_acc'])} | {paper} | "
-                     f"{r['stage'] or 'loaded'} | {r['epochs'] or '—'} | {f(r['stage_wall_s'])} |")
+                     f"{r['stage'] or 'loaded'} | {r['epochs'] or '—'} | {f(r['stage_wall_s'])} | "
+                     f"{'—' if r['peak_gpu_mib'] is None else round(r['peak_gpu_mib'])} |")
     lines += ["", "| run | machine | data (train / test) | total wall s | evaluation wall s |", "|---|---|---|---:|---:|"]
     for i in runs:
         m = i["machine"]

@@ -112,9 +112,11 @@ def main():
                    f"(the sum of their run times; a captured graph replays them back to back).") if cuda else ""
     graph_lines = [
         f"As one CUDA graph (`fast.cuda_graph`, what an epoch replays): {graph['kernels_per_step']:g} kernels per step, "
-        f"busy {graph['kernel_ms_per_step']:.3f} ms; a replay takes {graph['replay_ms']:.3f} ms; once per epoch the "
-        f"eager warm-up step takes {graph['warm_ms']:.1f} ms and the capture {graph['capture_ms']:.1f} ms, so an epoch of "
-        f"391 steps costs about {graph['epoch_estimate_s']:.3f} s plus the loader.", ""] if graph else []
+        f"busy {graph['kernel_ms_per_step']:.3f} ms; a replay takes {graph['replay_ms']:.3f} ms. The eager warm-up step "
+        f"({graph['warm_ms']:.1f} ms) and the capture ({graph['capture_ms']:.1f} ms) happen once per batch shape and "
+        f"learning-rate phase of a stage, so a stage's first epoch of 391 steps costs about "
+        f"{graph['epoch_estimate_s']:.3f} s and every later one about {391 * graph['replay_ms'] / 1e3:.3f} s, plus the "
+        f"loader.", ""] if graph else []
     table = "\n".join([
         f"# Student information-flow step: where the time goes ({args.steps} steps of batch 128, {variant})", "",
         f"machine: {m.get('gpu') or m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads; "
