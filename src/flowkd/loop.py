@@ -224,8 +224,9 @@ def train(
         else:
             batches = _eager_epoch(loader, step, opt, epoch, ctx)
         for terms in progress(batches, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
-            if sums.keys() == terms.keys():  # the usual case: one multi-tensor add for every term
-                torch._foreach_add_(list(sums.values()), [v.detach().float() for v in terms.values()])
+            vals = [terms[k].detach().float() for k in sums] if sums.keys() == terms.keys() else None
+            if vals and len({v.device for v in vals}) == 1:  # the usual case: one multi-tensor add for every term
+                torch._foreach_add_(list(sums.values()), vals)
             else:
                 for k, v in terms.items():
                     v = v.detach().float()
