@@ -175,8 +175,9 @@ def train(
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
-    ``fresh_optimizer_each_epoch`` re-creates the optimiser (and its Adam moments) at every epoch, as
-    the paper's reference code does for the student; by default one optimiser lives for the whole stage.
+    ``fresh_optimizer_each_epoch`` restarts the optimiser at every epoch, as the paper's reference code does
+    for the student (a new Adam each epoch): its state (Adam's moments and step count, SGD's momentum) is
+    zeroed in place, which gives a new optimiser's updates exactly; by default it lives for the whole stage.
     A non-finite term stops training with the stage, epoch and term named. ``autocast`` (e.g.
     ``torch.bfloat16``) runs the step under autocast; losses that need fp32 (PKT) compute in fp32.
     ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
@@ -209,8 +210,13 @@ def train(
             opt.load_state_dict(resume["optimizer"])
     for epoch in range(first, total):
         rate = lr_at(epoch, epochs, lr)
-        if opt is None or fresh_optimizer_each_epoch:
+        if opt is None:
             opt = _optimizer(optimizer, params, rate, weight_decay, capturable)
+        elif fresh_optimizer_each_epoch:  # what a new optimiser starts from, in place (a captured step keeps it)
+            for state in opt.state.values():
+                for v in state.values():
+                    if torch.is_tensor(v):
+                        v.zero_()
         for g in opt.param_groups:
             g["lr"] = rate
         if hasattr(loader, "set_epoch"):
