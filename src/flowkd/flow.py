@@ -87,7 +87,7 @@ class InformationFlowLoss(nn.Module):
             stacked = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
                                 first.divergence, first.log_eps)
             values = stacked.unbind(0)
-            if all(w != 0.0 for w in weights):  # one product with the weight vector, not a sum pair by pair
+            if self._as_vector(weights):  # one product with the weight vector, not a sum pair by pair
                 wvec = self._weight_vector(weights, stacked.device, in_graph(stacked))
                 total = (stacked * wvec).sum()
         else:
@@ -102,6 +102,11 @@ class InformationFlowLoss(nn.Module):
             total = next(iter(student.values())).sum() * 0.0
         terms["loss"] = total
         return terms
+
+    def _as_vector(self, weights: list[float]) -> bool:
+        """Whether the weights multiply the batched PKT values as one device vector (every pair weighted; a
+        zero weight leaves its pair out of the sum instead)."""
+        return self.batched and all(w != 0.0 for w in weights)
 
     def _weight_vector(self, weights: list[float], device, keep: bool = False) -> torch.Tensor:
         """The weights as one float32 tensor on ``device``, kept in place from call to call: a step captured as
@@ -121,7 +126,7 @@ class InformationFlowLoss(nn.Module):
         them, and return what else a captured step has fixed in it (the loop captures again when that changes):
         nothing for the weight vector of the batched PKT; the weights themselves for per-pair losses."""
         w = self.weights(epoch)
-        if self.batched and all(x != 0.0 for x in w):
+        if self._as_vector(w):
             self._weight_vector(w, device)
             return ("weight vector", len(w))
         return tuple(w)

@@ -116,14 +116,8 @@ def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: 
     captured on static buffers; the captured step zeroes the gradients in place and accumulates into them,
     so parameters the loss does not reach keep no gradient, as in the eager loop."""
 
-    def eager(batch):
-        x, y, *index = batch
-        opt.zero_grad(set_to_none=False)
-        with ctx():
-            terms = step(x, y, epoch, *index)
-        terms["loss"].backward()
-        opt.step()
-        return {**terms, "loss": terms["loss"].detach()}  # keep no autograd graph alive into the capture
+    def eager(batch):  # gradients zeroed in place: the captured step reuses their memory
+        return _one_step(batch, step, opt, epoch, ctx, set_to_none=False)
 
     prepare = getattr(step, "prepare", None)
     key = (opt, opt.param_groups[0]["lr"], prepare(epoch) if prepare is not None else ("epoch", epoch))
@@ -144,14 +138,21 @@ def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: 
         yield terms
 
 
+def _one_step(batch, step: Step, opt, epoch: int, ctx: Callable, set_to_none: bool) -> dict:
+    """Forward, backward and optimiser step on one batch; the terms with a detached loss (no autograd graph
+    kept alive, e.g. into a capture)."""
+    x, y, *index = batch
+    opt.zero_grad(set_to_none=set_to_none)
+    with ctx():
+        terms = step(x, y, epoch, *index)
+    terms["loss"].backward()
+    opt.step()
+    return {**terms, "loss": terms["loss"].detach()}
+
+
 def _eager_epoch(loader, step: Step, opt, epoch: int, ctx: Callable):
-    for x, y, *index in loader:
-        with ctx():
-            terms = step(x, y, epoch, *index)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        yield {**terms, "loss": terms["loss"].detach()}
+    for batch in loader:
+        yield _one_step(batch, step, opt, epoch, ctx, set_to_none=True)
 
 
 def train(

@@ -167,28 +167,21 @@ class Loader:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
-    def _batches(self) -> list[tuple[int, int]]:
-        """Each batch as [start, stop) positions in the epoch's order (this rank's share of it)."""
-        n, bs = len(self.data), self.batch_size
-        bounds = [(i * bs, min(n, (i + 1) * bs)) for i in range(len(self))]
-        if self.world > 1:  # this rank's contiguous share of each global batch
-            shares = []
-            for lo, hi in bounds:
-                part = torch.arange(hi - lo).tensor_split(self.world)[self.rank]
-                shares.append((lo + int(part[0]), lo + int(part[-1]) + 1))
-            bounds = shares
-        return bounds
+    def _share(self, lo: int, hi: int) -> tuple[int, int]:
+        """This rank's contiguous share of the global batch at [lo, hi) of the epoch's order."""
+        part = torch.arange(hi - lo).tensor_split(self.world)[self.rank]
+        return lo + int(part[0]), lo + int(part[-1]) + 1
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         gen = epoch_generator(self.seed, self.epoch)
         n = len(self.data)
         dev = self.data.images.device
         order = torch.randperm(n, generator=gen).to(dev) if self.shuffle else None
+        bounds = [(i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self))]
         if self.augment:  # the whole epoch's draws, batch after batch of one stream, sent to the device at once
-            per = [draw_crop_flip(hi - lo, self.pad, gen) for lo, hi in
-                   ((i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self)))]
+            per = [draw_crop_flip(hi - lo, self.pad, gen) for lo, hi in bounds]
             every = [torch.cat(d).to(dev) if d[0] is not None else None for d in zip(*per)] if per else []
-        batches = self._batches()
+        batches = [self._share(lo, hi) for lo, hi in bounds] if self.world > 1 else bounds
         sample_bytes = 4 * int(np.prod(self.data.shape))
         per_chunk = max(1, self.chunk_bytes // max(1, sample_bytes * self.batch_size))
         for c in range(0, len(batches), per_chunk):
