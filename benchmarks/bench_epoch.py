@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from _common import machine, sync, write
 
-from flowkd import CriticalPeriod, Constant, InformationFlowLoss, distill_step, supervised_step, train
+from flowkd import CriticalPeriod, Constant, DistillStep, InformationFlowLoss, SupervisedStep, train
 from flowkd.data.arrays import ArrayDataset, Loader
 from flowkd.models import create_model
 
@@ -54,11 +54,11 @@ def naive_epoch(model, teacher, flow, images, labels, device, supervised=False):
     loader = torch.utils.data.DataLoader(PerSampleCifar(images, labels), batch_size=128, shuffle=True, num_workers=0)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     if not supervised:
-        step = distill_step(model, teacher, flow, inference_teacher=False)
+        step = DistillStep(model, teacher, flow, inference_teacher=False)
     model.train()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y) if supervised else step(x, y, 0)["loss"]
+        loss = F.cross_entropy(model(x), y) if supervised else step(x, y)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -75,7 +75,7 @@ def flowkd_epochs(model, teacher, flow, data, device, epochs, supervised=False, 
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
     loader = Loader(data, 128, shuffle=True, augment=True, channels_last=channels_last)
-    step = supervised_step(model) if supervised else distill_step(model, teacher, flow)
+    step = SupervisedStep(model) if supervised else DistillStep(model, teacher, flow)
     recs = train(model, loader, step, epochs=[epochs], lr=[1e-3], show_progress=False,
                  autocast=torch.bfloat16 if amp else None, cuda_graph=graph)
     if not supervised:

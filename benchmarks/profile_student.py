@@ -22,7 +22,7 @@ from _common import machine, sync, write
 from flowkd import CriticalPeriod, InformationFlowLoss
 from flowkd.data.arrays import ArrayDataset, Loader
 from flowkd.models import create_model
-from flowkd.stages import TeacherFeatures
+from flowkd.taps import FrozenTaps
 from flowkd.taps import Taps
 
 MEAN, STD = (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -52,7 +52,7 @@ def main():
     if args.channels_last:
         aux, student = (m.to(memory_format=torch.channels_last) for m in (aux, student))
     flow = InformationFlowLoss(PAIRS, CriticalPeriod())
-    teacher, taps = TeacherFeatures(aux, flow.teacher_taps), Taps(student, flow.student_taps)
+    teacher, taps = FrozenTaps(aux, flow.teacher_taps), Taps(student, flow.student_taps)
     opt = torch.optim.Adam(student.parameters(), 1e-3, fused=dev.type == "cuda" or None)  # as flowkd's loop
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.amp else None
     phases: dict[str, float] = defaultdict(float)

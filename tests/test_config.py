@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from flowkd.config import (Config, ModelConfig, ScheduleConfig, StageConfig, apply_overrides, config_from_dict,
+from flowkd.config import (Config, ModelConfig, StageConfig, apply_overrides, config_from_dict,
                            load_config)
 from flowkd.errors import FlowKDError
 
@@ -57,9 +57,9 @@ def test_demo_config_parses(tmp_path):
     assert st["teacher"].kind == "supervised" and st["teacher"].epochs == [20] and st["teacher"].lr == [1e-3]
     assert st["aux_labels"].epochs == [15, 5] and st["aux_labels"].lr == [1e-3, 1e-4]
     assert st["student"].kind == "distill" and st["student"].teacher == "aux" and st["student"].pairs_from == "flow"
-    assert st["student"].schedule == ScheduleConfig(name="critical_period", init=100.0, decay=0.7)
+    assert st["student"].schedule == {"name": "critical_period", "init": 100.0, "decay": 0.7}
     assert st["student"].epochs == [25, 10] and st["student"].lr == [1e-2, 1e-3]
-    assert st["teacher"].schedule == ScheduleConfig()  # default: constant
+    assert st["teacher"].schedule == {"name": "constant"}  # default
     assert st["student_pkt"].teacher == "teacher" and st["student_pkt"].optimizer == "adam"
     assert cfg.eval.k == [10, 100] and cfg.eval.metrics == ["cosine", "euclidean"]
 
@@ -91,7 +91,41 @@ def test_unknown_key_in_a_stage(tmp_path):
 
 def test_unknown_key_in_a_model_and_in_a_schedule(tmp_path):
     raises_naming(tmp_path, edit('arch = "mlp"', 'arch = "mlp"\ndepth = 3'), "'models.teacher.depth'")
-    raises_naming(tmp_path, edit("decay = 0.7 }", "decay = 0.7, floor = 1 }"), "'stages[3].schedule.floor'")
+    raises_naming(tmp_path, edit("decay = 0.7 }", "decay = 0.7, floor = 1 }"),
+                  "stage 'student'", "schedule 'critical_period' takes no option 'floor'", "it takes: init, decay, final")
+
+
+SCHEDULE = 'schedule = { name = "critical_period", init = 100.0, decay = 0.7 }'
+PKT_STAGE = 'name = "student_pkt"\n'
+
+
+@pytest.mark.parametrize("old, new, fragments", [
+    # an option of another schedule: constant has no decay
+    (SCHEDULE, 'schedule = { name = "constant", decay = 0.5 }',
+     ("stage 'student'", "schedule 'constant' takes no option 'decay'", "it takes: weight, final")),
+    (SCHEDULE, 'schedule = { name = "adaptive", init = 100.0, window = 3 }',
+     ("schedule 'adaptive' takes no option 'window'", "tol, patience")),
+    (SCHEDULE, "schedule = { init = 100.0 }", ("stage 'student'", "schedule needs a name", "critical_period")),
+    (SCHEDULE, 'schedule = { name = "cosine" }', ("unknown schedule 'cosine'", "valid: adaptive, constant")),
+    # PKT's own options on another loss are not silently ignored
+    (PKT_STAGE, PKT_STAGE + 'loss = "kd"\nkernel = "cosine"\n',
+     ("stage 'student_pkt'", "kernel apply to loss 'pkt' only", "'kd'")),
+    (PKT_STAGE, PKT_STAGE + 'loss = "at"\ndivergence = "kl"\nlog_eps = 0.0\n', ("divergence, log_eps apply to loss 'pkt'",)),
+    (PKT_STAGE, PKT_STAGE + 'loss = "kd"\nloss_options = { temp = 4.0 }\n',
+     ("pair loss 'kd' takes no option 'temp'", "it takes: temperature")),
+    (PKT_STAGE, PKT_STAGE + 'loss = "hinton"\n', ("unknown pair loss 'hinton'", "valid: at, fitnet, kd, pkt, sp")),
+    (PKT_STAGE, PKT_STAGE + 'restart_optimizer = "stage"\n', ("restart_optimizer must be one of never, phase, epoch",)),
+])
+def test_an_option_the_chosen_class_does_not_take_is_an_error(tmp_path, old, new, fragments):
+    raises_naming(tmp_path, edit(old, new), *fragments)
+
+
+def test_each_schedule_and_loss_takes_its_own_options(tmp_path):
+    cfg = load_config(write(tmp_path, edit(SCHEDULE, 'schedule = { name = "adaptive", init = 50.0, decay = 0.5, tol = 0.02, patience = 3 }')))
+    assert {s.name: s for s in cfg.stages}["student"].schedule["patience"] == 3
+    cfg = load_config(write(tmp_path, edit(PKT_STAGE, PKT_STAGE + 'kernel = "cosine"\nlog_eps = 0.0\n')))
+    from flowkd.config import pair_loss_options
+    assert pair_loss_options({s.name: s for s in cfg.stages}["student_pkt"]) == {"kernel": "cosine", "log_eps": 0.0}
 
 
 # --- wrong types ------------------------------------------------------------------------------------
@@ -143,12 +177,12 @@ def test_apply_overrides_on_raw_dict():
     raw = tomllib.loads(DEMO)
     before = copy.deepcopy(raw)
     out = apply_overrides(raw, ["data.batch_size=32", "stages.student.epochs=[3]",
-                                "stages.student.schedule.name=constant", "title=hello",
+                                "stages.student.schedule.decay=0.5", "title=hello",
                                 "data.name = cifar10", "models.student.width=1.5", "data.augment=true"])
     assert out["data"]["batch_size"] == 32 and type(out["data"]["batch_size"]) is int
     student = [s for s in out["stages"] if s["name"] == "student"][0]
     assert student["epochs"] == [3]
-    assert student["schedule"] == {"name": "constant", "init": 100.0, "decay": 0.7}
+    assert student["schedule"] == {"name": "critical_period", "init": 100.0, "decay": 0.5}
     assert out["title"] == "hello"
     assert out["data"]["name"] == "cifar10"
     assert out["models"]["student"]["width"] == 1.5
@@ -162,12 +196,12 @@ def test_apply_overrides_on_raw_dict():
 def test_overrides_through_load_config(tmp_path):
     path = write(tmp_path, DEMO)
     cfg = load_config(path, ["data.batch_size=32", "stages.student.epochs=[3]", "stages.student.lr=[0.01]",
-                             "stages.student.schedule.name=constant", "title=hello world",
+                             "stages.student.schedule.decay=0.5", "title=hello world",
                              "stages.teacher.optimizer=sgd"])
     st = {s.name: s for s in cfg.stages}
     assert cfg.data.batch_size == 32
     assert st["student"].epochs == [3] and st["student"].lr == [0.01]
-    assert st["student"].schedule == ScheduleConfig(name="constant", init=100.0, decay=0.7)
+    assert st["student"].schedule == {"name": "critical_period", "init": 100.0, "decay": 0.5}
     assert cfg.title == "hello world"
     assert st["teacher"].optimizer == "sgd"
     assert st["aux_labels"].epochs == [15, 5]  # other stages untouched

@@ -1,20 +1,35 @@
-"""The CUDA-graph training loop (``fast.cuda_graph``): one captured step per epoch, replayed per batch.
+"""The CUDA-graph training loop (``fast.cuda_graph``): one captured step per batch shape, replayed per batch.
 
 On CPU the graph path's bookkeeping (static buffers, persistent gradients and optimiser state, the eager
-first and last batches, per-epoch re-capture for the schedule's weights and the learning rate) runs with
-``PlainStep`` in place of the capture and must give bit-identical training to the eager loop. On a CUDA
-machine the real capture is compared with the eager loop to a tolerance.
+first and last batches, the per-epoch values written into device memory, re-capture for a new learning rate)
+runs with ``PlainStep`` (a test double, below) in place of the capture and must give bit-identical training
+to the eager loop. On a CUDA machine the real capture is compared with the eager loop to a tolerance.
 """
 
 import numpy as np
 import pytest
 import torch
 
-from flowkd import CriticalPeriod, InformationFlowLoss, distill_step, supervised_step, train
+from flowkd import CriticalPeriod, DistillStep, EpochValue, InformationFlowLoss, SupervisedStep, train
 from flowkd.cli import main
 from flowkd.data.arrays import ArrayDataset, Loader
-from flowkd.loop import PlainStep
+from flowkd.loop import StepGraph
 from flowkd.models import create_model
+
+
+class PlainStep(StepGraph):
+    """The graph path's bookkeeping without a capture: "capture" keeps the step on its static buffers and each
+    "replay" runs it again on them (what a CUDA graph does, minus the kernels' recording)."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def __call__(self):
+        return self.body()
+
+    @staticmethod
+    def warm(fn):
+        return fn()
 
 PAIRS = [("pool1", "pool1"), ("pool2", "pool2"), ("pool3", "pool3"), ("fc1_relu", "fc1_relu")]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,11 +54,11 @@ def _run(graph, *, device="cpu", kind="distill", optimizer="adam", fresh=False, 
                     with_index=index)  # 4 full batches + one of 44
     if kind == "distill":
         flow = InformationFlowLoss(PAIRS, CriticalPeriod(init=10.0, decay=0.5))
-        step = distill_step(student, teacher, flow, ce_weight=ce)
+        step = DistillStep(student, teacher, flow, ce_weight=ce)
     else:
-        step = supervised_step(student)
+        step = SupervisedStep(student)
     recs = train(student, loader, step, epochs=list(epochs), lr=[1e-2, 1e-3][:len(epochs)], optimizer=optimizer,
-                 fresh_optimizer_each_epoch=fresh, show_progress=False, autocast=autocast, cuda_graph=graph)
+                 restart="epoch" if fresh else "never", show_progress=False, autocast=autocast, cuda_graph=graph)
     if hasattr(step, "close"):
         step.close()
     return recs, {k: v.detach().float().cpu() for k, v in student.named_parameters()}
@@ -93,20 +108,32 @@ def test_a_captured_step_serves_epochs_until_what_it_fixed_changes(kind, fresh, 
     assert [r["loss"] for r in recs] == [r["loss"] for r in eager]
 
 
-def test_a_step_without_prepare_is_captured_every_epoch():
-    """A user's step may use the epoch in Python (here a loss scale): it must not be replayed into the next."""
+class ScaledStep:
+    """A user's step with a per-epoch value of its own (a loss scale): the loop writes it, a capture reads it."""
+
+    def __init__(self, model):
+        self.base = SupervisedStep(model)
+        self.scale = torch.ones(1)
+        self.per_epoch = (EpochValue(self.scale, lambda epoch: [epoch + 1.0]),)
+
+    def __call__(self, x, y, index=None):
+        return {"loss": self.base(x, y)["loss"] * self.scale[0]}
+
+
+def test_a_user_step_with_a_per_epoch_value_is_captured_once_per_shape():
     def run(graph):
         torch.manual_seed(0)
         student = create_model("digits_cnn", in_channels=1, in_size=8)
-        base = supervised_step(student)
-        step = lambda x, y, epoch: {"loss": base(x, y, epoch)["loss"] * (epoch + 1)}  # noqa: E731
         loader = Loader(_data("cpu"), 64, shuffle=True, seed=3)
-        return train(student, loader, step, epochs=[3], lr=[1e-2], show_progress=False, cuda_graph=graph)
+        return train(student, loader, ScaledStep(student), epochs=[3], lr=[1e-2], show_progress=False, cuda_graph=graph)
 
     CountingStep.captures = 0
     graphed = run(CountingStep)
-    assert CountingStep.captures == 6
-    assert [r["loss"] for r in graphed] == [r["loss"] for r in run(False)]
+    assert CountingStep.captures == 2  # two batch shapes, one learning rate, three epochs
+    eager = run(False)
+    assert [r["loss"] for r in graphed] == [r["loss"] for r in eager]
+    # the scale did change the loss from epoch to epoch (3x at epoch 2): the buffer was written each epoch
+    assert eager[2]["loss"] > 2 * eager[0]["loss"] * 0.5
 
 
 def test_graph_path_needs_a_cuda_device(tmp_path, capsys):
@@ -167,16 +194,16 @@ def test_pipeline_runs_with_cuda_graph(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_restarting_the_optimiser_in_place_equals_a_new_optimiser_each_epoch(optimizer):
+def test_restarting_the_optimiser_in_place_equals_a_new_optimiser_each_epoch_with_resume(optimizer):
     """Paper mode zeroes the optimiser's state each epoch (so a captured step keeps its memory); that must be
     exactly a brand-new optimiser per epoch, which resuming a paper-mode run one epoch at a time gives."""
     def setup():
         torch.manual_seed(0)
         student = create_model("digits_cnn", in_channels=1, in_size=8)
-        return student, supervised_step(student), Loader(_data("cpu"), 64, shuffle=True, augment=True, pad=1, seed=3)
+        return student, SupervisedStep(student), Loader(_data("cpu"), 64, shuffle=True, augment=True, pad=1, seed=3)
 
     student, step, loader = setup()
-    kw = dict(lr=[1e-2], optimizer=optimizer, fresh_optimizer_each_epoch=True, show_progress=False)
+    kw = dict(lr=[1e-2], optimizer=optimizer, restart="epoch", show_progress=False)
     once = train(student, loader, step, epochs=[3], **kw)
     reference, step2, loader2 = setup()
     each = []
@@ -184,4 +211,54 @@ def test_restarting_the_optimiser_in_place_equals_a_new_optimiser_each_epoch(opt
         each += train(reference, loader2, step2, epochs=[e + 1], resume={"epoch": e - 1, "optimizer": None} if e else None, **kw)
     assert [r["loss"] for r in once] == [r["loss"] for r in each]
     for (k, a), b in zip(student.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def _explicit(model, loader, step, optimizers: list, lr_of: list):
+    """The reference: a plain loop over epochs; ``optimizers[e]`` is the optimiser object epoch e uses (the
+    same object for consecutive epochs = one optimiser kept; a new object = a fresh optimiser)."""
+    losses = []
+    for e, (opt, lr) in enumerate(zip(optimizers, lr_of)):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loader.set_epoch(e)
+        model.train()
+        total, n = 0.0, 0
+        for x, y in loader:
+            opt.zero_grad()
+            loss = step(x, y)["loss"]
+            loss.backward()
+            opt.step()
+            total, n = total + float(loss), n + 1
+        losses.append(total / n)
+    return losses
+
+
+@pytest.mark.parametrize("restart, new_at", [
+    ("never", [0]),              # one optimiser for the stage
+    ("phase", [0, 2]),           # the reference code's auxiliary stages: a new Adam when the rate changes
+    ("epoch", [0, 1, 2, 3, 4]),  # the reference code's student: a new Adam every epoch
+])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_optimiser_restarts_match_an_explicit_optimiser_sequence(restart, new_at, optimizer):
+    epochs, lrs = [2, 3], [1e-2, 1e-3]
+
+    def setup():
+        torch.manual_seed(0)
+        student = create_model("digits_cnn", in_channels=1, in_size=8)
+        return student, SupervisedStep(student), Loader(_data("cpu"), 64, shuffle=True, augment=True, pad=1, seed=3)
+
+    student, step, loader = setup()
+    got = train(student, loader, step, epochs=epochs, lr=lrs, optimizer=optimizer, restart=restart, show_progress=False)
+    ref_model, ref_step, ref_loader = setup()
+    make = {"adam": lambda: torch.optim.Adam(ref_model.parameters(), lr=1.0),
+            "sgd": lambda: torch.optim.SGD(ref_model.parameters(), lr=1.0, momentum=0.9, nesterov=True)}[optimizer]
+    sequence, current = [], None
+    for e in range(5):
+        if e in new_at:
+            current = make()
+        sequence.append(current)
+    want = _explicit(ref_model, ref_loader, ref_step, sequence, [1e-2, 1e-2, 1e-3, 1e-3, 1e-3])
+    assert [r["loss"] for r in got] == pytest.approx(want, rel=1e-6)  # float32 vs float64 epoch means
+    for (k, a), b in zip(student.state_dict().items(), ref_model.state_dict().values()):
         assert torch.equal(a, b), k

@@ -49,7 +49,7 @@ def _worker(rank, world, port, out, precomputed=False):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from flowkd import Constant, InformationFlowLoss, distill_step
+    from flowkd import Constant, DistillStep, InformationFlowLoss
     from flowkd.distributed import gather_rows
     from flowkd.models.mlp import MLP
 
@@ -64,11 +64,11 @@ def _worker(rank, world, port, out, precomputed=False):
     part = slice(rank * 8, rank * 8 + 8)
     if precomputed:  # the teacher as per-sample features, looked up by this rank's sample positions
         from flowkd.features import FeatureBank
-        from flowkd.stages import TeacherFeatures
+        from flowkd.taps import FrozenTaps
 
-        teacher = FeatureBank(TeacherFeatures(teacher, flow.teacher_taps)(x))
-    with distill_step(ddp, teacher, flow, gather=gather_rows) as step:
-        terms = step(x[part], y[part], 0, torch.arange(16)[part])
+        teacher = FeatureBank(FrozenTaps(teacher, flow.teacher_taps)(x))
+    with DistillStep(ddp, teacher, flow, gather=gather_rows) as step:
+        terms = step(x[part], y[part], torch.arange(16)[part])
         terms["loss"].backward()
     if rank == 0:
         torch.save({"loss": terms["loss"].detach(), "grads": [p.grad.clone() for p in student.parameters()]}, out)
@@ -83,7 +83,7 @@ def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path, p
     import torch
     import torch.multiprocessing as mp
 
-    from flowkd import Constant, InformationFlowLoss, distill_step
+    from flowkd import Constant, DistillStep, InformationFlowLoss
     from flowkd.models.mlp import MLP
 
     with socket.socket() as s:
@@ -98,8 +98,8 @@ def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path, p
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 12, generator=g), torch.randint(0, 10, (16,), generator=g)
     flow = InformationFlowLoss([("fc1_relu", "fc1_relu"), ("fc2_relu", "fc2_relu")], Constant(weight=3.0))
-    with distill_step(student, teacher, flow) as step:
-        terms = step(x, y, 0)
+    with DistillStep(student, teacher, flow) as step:
+        terms = step(x, y)
         terms["loss"].backward()
     assert got["loss"].item() == pytest.approx(terms["loss"].item(), rel=1e-6)
     for a, p in zip(got["grads"], student.parameters()):

@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 import torch
 
-from flowkd import CriticalPeriod, InformationFlowLoss, distill_step, supervised_step
+from flowkd import CriticalPeriod, DistillStep, InformationFlowLoss, SupervisedStep
 from flowkd.cli import main
 from flowkd.models import create_model
 
@@ -29,10 +29,10 @@ def _loss_and_grad(aux, student, x, y, *, amp, channels_last, inference_teacher)
         aux, student = aux.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     flow = InformationFlowLoss(PAIRS, CriticalPeriod())
-    with distill_step(student, aux, flow, inference_teacher=inference_teacher) as step:
+    with DistillStep(student, aux, flow, inference_teacher=inference_teacher) as step:
         student.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            terms = step(x, y, 0)
+            terms = step(x, y)
         terms["loss"].backward()
     return terms, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
 
@@ -81,10 +81,10 @@ def test_compiled_student_gives_the_same_loss():
     x, y = _batch()
     aux, student = _models()
     flow = InformationFlowLoss(PAIRS, CriticalPeriod())
-    with distill_step(student, aux, flow) as step:
-        plain = step(x, y, 0)["loss"].item()
-    with distill_step(torch.compile(student), aux, flow) as step:
-        compiled = step(x, y, 0)["loss"].item()
+    with DistillStep(student, aux, flow) as step:
+        plain = step(x, y)["loss"].item()
+    with DistillStep(torch.compile(student), aux, flow) as step:
+        compiled = step(x, y)["loss"].item()
     assert compiled == pytest.approx(plain, rel=1e-4)
-    sup = supervised_step(torch.compile(student))(x, y, 0)["loss"].item()
-    assert sup == pytest.approx(supervised_step(student)(x, y, 0)["loss"].item(), rel=1e-4)
+    sup = SupervisedStep(torch.compile(student))(x, y)["loss"].item()
+    assert sup == pytest.approx(SupervisedStep(student)(x, y)["loss"].item(), rel=1e-4)

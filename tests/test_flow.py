@@ -68,10 +68,12 @@ def test_bad_pairs_and_schedule():
         InformationFlowLoss([])
     with pytest.raises(FlowKDError, match="bad tap spec"):
         InformationFlowLoss([("a@", "x")])
-    flow = InformationFlowLoss([("a", "x"), ("b", "y")], schedule=lambda e, n: [1.0])
+    with pytest.raises(FlowKDError, match="1 weights for 2 layer pairs"):  # found when the loss is built
+        InformationFlowLoss([("a", "x"), ("b", "y")], schedule=lambda e, n: [1.0])
+    flow = InformationFlowLoss([("a", "x"), ("b", "y")], schedule=lambda e, n: [1.0] * min(n, 2 - e))
     t, s = _feats()
-    with pytest.raises(FlowKDError, match="1 weights for 2 layer pairs"):
-        flow(t, s, 0)
+    with pytest.raises(FlowKDError, match="1 weights for 2 layer pairs"):  # or at the epoch that goes wrong
+        flow(t, s, 1)
 
 
 def test_adaptive_schedule_ends_the_critical_period_when_mi_flattens():

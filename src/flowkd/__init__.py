@@ -14,14 +14,15 @@ from .losses import PKTLoss, pkt_loss
 from .models import create_model
 from .pipeline import Pipeline
 from .schedules import Constant, CriticalPeriod
-from .stages import TeacherFeatures, distill_step, supervised_step
-from .taps import Taps
+from .steps import DistillStep, EpochValue, Step, SupervisedStep
+from .taps import FrozenTaps, Taps, frozen_taps
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "pkt_loss", "PKTLoss", "InformationFlowLoss", "CriticalPeriod", "Constant", "Taps", "TeacherFeatures",
-    "make_auxiliary", "create_model", "train", "supervised_step", "distill_step", "ArrayDataset", "Loader",
+    "pkt_loss", "PKTLoss", "InformationFlowLoss", "CriticalPeriod", "Constant", "Taps", "FrozenTaps", "frozen_taps",
+    "make_auxiliary", "create_model", "train", "Step", "EpochValue", "SupervisedStep", "DistillStep",
+    "ArrayDataset", "Loader",
     "Pipeline", "Config", "load_config", "FlowKDError", "FeatureBank", "load_features", "save_features",
     "compute_features", "__version__",
 ]

@@ -9,7 +9,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .errors import FlowKDError
+from .errors import FlowKDError, first_line
 
 __all__ = ["main"]
 
@@ -175,8 +175,6 @@ def _models(args) -> int:
     return 0
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,13 +259,13 @@ def main(argv=None) -> int:
         print(f"flowkd: error: {e}", file=sys.stderr)
         return 2
     except MemoryError as e:
-        print(f"flowkd: error: out of memory ({_first_line(e)}); lower data.batch_size / data.eval_batch_size "
+        print(f"flowkd: error: out of memory ({first_line(e, 200)}); lower data.batch_size / data.eval_batch_size "
               "or use fast.amp=bf16", file=sys.stderr)
         return 2
     except RuntimeError as e:
         if "out of memory" not in str(e).lower():
             raise
-        print(f"flowkd: error: out of GPU memory ({_first_line(e)}); lower data.batch_size / data.eval_batch_size "
+        print(f"flowkd: error: out of GPU memory ({first_line(e, 200)}); lower data.batch_size / data.eval_batch_size "
               "or use fast.amp=bf16", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

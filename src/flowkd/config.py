@@ -1,7 +1,11 @@
 """Typed configuration: dataclasses <-> TOML, with ``a.b=value`` overrides checked against the types.
 
 Unknown keys and wrong types fail with the dotted key named. Lists of tables (``[[stages]]``) are
-addressed by their ``name`` in overrides: ``stages.student.epochs=[5]``.
+addressed by their ``name`` in overrides: ``stages.student.epochs=[5]``. A stage's schedule and pair loss
+take the options their registered class takes (``Registry.check_options``), no other.
+
+(Over 300 lines on purpose: the schema, its parsing and its cross-field checks stay in one file, so that a
+key and its check are read and changed together.)
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "FastConfig", "DataConfig", "ModelConfig", "StageConfig", "ScheduleConfig", "EvalConfig",
+__all__ = ["Config", "FastConfig", "DataConfig", "ModelConfig", "StageConfig", "EvalConfig",
            "load_config", "config_from_toml", "config_from_dict", "apply_overrides", "to_dict"]
 
 
@@ -52,17 +56,6 @@ class ModelConfig:
 
 
 @dataclass
-class ScheduleConfig:
-    name: str = "constant"          # constant | critical_period | adaptive
-    init: float = 100.0             # critical_period: intermediate weight at epoch 0 ...
-    decay: float = 0.7              # ... multiplied by this every epoch
-    weight: float = 1.0             # constant: intermediate weight
-    tol: float = 0.01               # adaptive: relative MI growth per epoch below which ...
-    patience: int = 2               # ... for this many epochs the critical period ends
-    final: float = 1.0              # weight of the last pair (the final representation)
-
-
-@dataclass
 class StageConfig:
     name: str = ""
     kind: str = "supervised"        # supervised | distill
@@ -74,14 +67,17 @@ class StageConfig:
     weight_decay: float = 0.0
     pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep
     pairs_from: str = "representation"  # when `pairs` is empty: representation | flow (the models' own taps)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # the pairs' weights: { name = <schedule>, <its options> } (flowkd.schedules; an option the schedule
+    # does not take is an error)
+    schedule: dict[str, Union[int, float, str]] = field(default_factory=lambda: {"name": "constant"})
     loss: str = "pkt"               # per-pair loss: pkt | kd | fitnet | at | sp (see flowkd.losses.baselines)
     loss_options: dict[str, Union[int, float, str]] = field(default_factory=dict)  # e.g. { temperature = 4.0 }
-    kernel: str = "combined"        # combined | cosine | student_t | rbf | adaptive_rbf
-    divergence: str = "jeffreys"    # jeffreys | kl
-    log_eps: float = 1e-6           # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
+    # options of loss "pkt" (unset: its defaults combined / jeffreys / 1e-6)
+    kernel: str = ""                # combined | cosine | student_t | rbf | adaptive_rbf
+    divergence: str = ""            # jeffreys | kl
+    log_eps: Union[float, None] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
     ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
-    fresh_optimizer_each_epoch: bool = False  # the paper's code re-creates Adam every student epoch
+    restart_optimizer: str = "never"  # never | phase (a new optimiser per lr phase) | epoch (one per epoch)
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
 
 
@@ -118,7 +114,7 @@ class DistributedConfig:
 class Config:
     seed: int = 0
     weights_format: str = "pt"      # pt | safetensors: the format of checkpoints/<stage>.* (safetensors: optional extra)
-    mode: str = "default"           # default | paper: every distill stage re-creates Adam each epoch, plain logs
+    mode: str = "default"           # default | paper: the reference code's optimiser restarts and plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     progress: bool = True           # progress bars
     title: str = ""
@@ -179,14 +175,28 @@ def _from_dict(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+STAGE_KINDS = ("supervised", "distill")
+
+
 def config_from_dict(data: dict) -> Config:
     cfg = _from_dict(Config, data)
     _validate(cfg)
     if cfg.mode == "paper":  # the reference code's habits, spelled out on each stage
+        teachers = {s.teacher for s in cfg.stages if s.kind == "distill"}
         for s in cfg.stages:
-            if s.kind == "distill":
-                s.fresh_optimizer_each_epoch, s.log_eps = True, 0.0
+            # the student (a distilled model no later stage learns from) gets a new Adam every epoch; the
+            # auxiliary teacher's stages (and any other) one Adam per learning-rate phase
+            s.restart_optimizer = "epoch" if s.kind == "distill" and s.model not in teachers else "phase"
+            if s.kind == "distill" and s.loss == "pkt":
+                s.log_eps = 0.0
     return cfg
+
+
+def pair_loss_options(s: StageConfig) -> dict:
+    """The options of a stage's pair loss: ``loss_options``, plus ``kernel``/``divergence``/``log_eps`` for PKT."""
+    top = {k: v for k, v in (("kernel", s.kernel), ("divergence", s.divergence), ("log_eps", s.log_eps))
+           if v not in ("", None)}
+    return {**top, **s.loss_options}
 
 
 def _validate(cfg: Config) -> None:
@@ -202,14 +212,15 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError("every [[stages]] entry needs a name")
         if names.count(s.name) > 1:
             raise FlowKDError(f"stage name {s.name!r} is used twice")
-        if s.kind not in ("supervised", "distill"):
-            raise FlowKDError(f"stage {s.name!r}: unknown kind {s.kind!r}; valid: supervised, distill")
+        if s.kind not in STAGE_KINDS:
+            raise FlowKDError(f"stage {s.name!r}: unknown kind {s.kind!r}; valid: {', '.join(STAGE_KINDS)}")
         if s.model not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown model {s.model!r}; models: {', '.join(cfg.models)}")
         if s.kind == "distill" and s.teacher not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
         if len(s.epochs) != len(s.lr) or not s.epochs or min(s.epochs) < 0:
             raise FlowKDError(f"stage {s.name!r}: epochs {s.epochs} and lr {s.lr} must be lists of equal length")
+        _validate_stage_options(s)
         if any(len(p) != 2 for p in s.pairs):
             raise FlowKDError(f"stage {s.name!r}: each of pairs must be [teacher tap, student tap]")
         if s.pairs_from not in ("representation", "flow"):
@@ -241,6 +252,28 @@ def _validate(cfg: Config) -> None:
     for m in cfg.eval.metrics:
         if m not in ("cosine", "euclidean"):
             raise FlowKDError(f"eval.metrics: unknown metric {m!r}; valid: cosine, euclidean")
+
+
+def _validate_stage_options(s: StageConfig) -> None:
+    """Schedules and pair losses take the options their registered class takes, no other."""
+    from .losses.baselines import PAIR_LOSSES
+    from .loop import RESTARTS
+    from .schedules import SCHEDULES
+
+    where = f"stage {s.name!r}"
+    if s.restart_optimizer not in RESTARTS:
+        raise FlowKDError(f"{where}: restart_optimizer must be one of {', '.join(RESTARTS)}, got {s.restart_optimizer!r}")
+    name = s.schedule.get("name")
+    if not isinstance(name, str):
+        raise FlowKDError(f"{where}: schedule needs a name, e.g. {{ name = \"critical_period\" }}; valid: {', '.join(SCHEDULES.names())}")
+    SCHEDULES.check_options(name, [k for k in s.schedule if k != "name"], f"{where}, schedule")
+    if s.kind != "distill":
+        return
+    PAIR_LOSSES.get(s.loss)
+    pkt_only = [k for k in ("kernel", "divergence", "log_eps") if getattr(s, k) not in ("", None)]
+    if s.loss != "pkt" and pkt_only:
+        raise FlowKDError(f"{where}: {', '.join(pkt_only)} apply to loss 'pkt' only; this stage's loss is {s.loss!r}")
+    PAIR_LOSSES.check_options(s.loss, pair_loss_options(s), f"{where}, loss_options")
 
 
 def _parse_value(text: str):

@@ -8,7 +8,7 @@ from torch import nn
 
 from . import retrieval
 from .data.arrays import ArrayDataset, Loader
-from .taps import Taps
+from .taps import frozen_taps
 
 __all__ = ["extract", "accuracy", "ncm_accuracy", "evaluate_representation"]
 
@@ -16,17 +16,12 @@ __all__ = ["extract", "accuracy", "ncm_accuracy", "evaluate_representation"]
 @torch.no_grad()
 def extract(model: nn.Module, data: ArrayDataset, tap: str, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D), model outputs (N, ...)) for ``data`` in order, in eval mode, no augmentation."""
-    was = model.training
-    model.eval()
     feats, outs = [], []
-    try:
-        with Taps(model, [tap]) as taps:
-            for x, _ in Loader(data, batch_size):
-                out, f = taps(x)
-                feats.append(f[tap].float())
-                outs.append(out.float() if isinstance(out, torch.Tensor) else torch.zeros(len(x), 0, device=x.device))
-    finally:
-        model.train(was)
+    with frozen_taps(model, [tap]) as taps:
+        for x, _ in Loader(data, batch_size):
+            out, f = taps.run(x)
+            feats.append(f[tap].float())
+            outs.append(out.float() if isinstance(out, torch.Tensor) else torch.zeros(len(x), 0, device=x.device))
     return torch.cat(feats), torch.cat(outs)
 
 

@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from .data.arrays import ArrayDataset, Loader
-from .errors import FlowKDError
+from .errors import FlowKDError, first_line
 from .io import atomic_write_bytes, safetensors_torch
 from .registry import closest
+from .taps import frozen_taps
 
 __all__ = ["FeatureBank", "load_features", "save_features", "compute_features", "FEATURE_SUFFIXES"]
 
@@ -137,7 +138,7 @@ def load_features(path, representation: str = "") -> FeatureBank:
     except FlowKDError:
         raise
     except Exception as e:  # noqa: BLE001 - numpy/zip/safetensors errors come in many types
-        raise FlowKDError(f"cannot read teacher features {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        raise FlowKDError(f"cannot read teacher features {path}: {first_line(e)}") from None
     labels = raw.pop(LABELS_KEY, None)
     if labels is not None:
         if labels.is_floating_point() or labels.dim() != 1:
@@ -169,16 +170,11 @@ def save_features(path, bank: FeatureBank) -> None:
 def compute_features(model: nn.Module, specs: Iterable[str], data: ArrayDataset, batch_size: int = 1024,
                      dtype: torch.dtype | None = None) -> FeatureBank:
     """A frozen model's taps on every image of ``data`` (normalised, no augmentation), in ``data``'s order."""
-    from .stages import TeacherFeatures
-
     specs = list(dict.fromkeys(specs))
-    frozen = TeacherFeatures(model, specs)
     chunks: dict[str, list[torch.Tensor]] = {s: [] for s in specs}
-    try:
+    with frozen_taps(model, specs) as frozen:
         for x, _ in Loader(data, batch_size):
             for k, v in frozen(x).items():
                 chunks[k].append(v.to(dtype) if dtype is not None else v.float())
-    finally:
-        frozen.remove()
     return FeatureBank({k: torch.cat(v) for k, v in chunks.items()}, data.labels.clone(),
                        f"{type(model).__name__} (computed once)", representation="")

@@ -12,7 +12,6 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .capture import in_graph
 from .errors import FlowKDError
 from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
@@ -56,6 +55,9 @@ class InformationFlowLoss(nn.Module):
         self.pair_losses = nn.ModuleList(pair_losses)
         self.term = term
         self.names = [f"{t}~{s}" for t, s in pairs]
+        # the pairs' weights of the current epoch: device memory the training loop writes before each epoch
+        # (see flowkd.steps.EpochValue), so a captured step reads each epoch's weights without re-capture
+        self.register_buffer("weight_buffer", torch.tensor(self.weights(0), dtype=torch.float32), persistent=False)
         # the default (one combined-kernel PKT for every pair): all pairs computed together, see pkt_pairs
         first = self.pair_losses[0]
         self.batched = (isinstance(first, PKTLoss) and first.kernel == "combined" and first.divergence in BATCHED_DIVERGENCES
@@ -77,59 +79,28 @@ class InformationFlowLoss(nn.Module):
         return w
 
     def forward(
-        self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int = 0
+        self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int | None = None
     ) -> dict[str, torch.Tensor]:
-        terms: dict[str, torch.Tensor] = {}
-        total = None
-        weights = self.weights(epoch)
+        """The weighted sum. The weights are ``weight_buffer`` (what the training loop writes before each
+        epoch), or the schedule's weights at ``epoch`` when one is given (for use outside the loop)."""
+        if epoch is None:
+            weights = self.weight_buffer
+        else:
+            weights = torch.tensor(self.weights(epoch), dtype=torch.float32, device=self.weight_buffer.device)
         if self.batched:
             first = self.pair_losses[0]
             stacked = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
                                 first.divergence, first.log_eps)
-            values = stacked.unbind(0)
-            if self._as_vector(weights):  # one product with the weight vector, not a sum pair by pair
-                wvec = self._weight_vector(weights, stacked.device, in_graph(stacked))
-                total = (stacked * wvec).sum()
         else:
-            values = [loss(teacher[t], student[s]) for (t, s), loss in zip(self.pairs, self.pair_losses)]
-        weighted = total is None
-        for i, (name, w, value) in enumerate(zip(self.names, weights, values)):
+            stacked = torch.stack([loss(teacher[t], student[s]).float()
+                                   for (t, s), loss in zip(self.pairs, self.pair_losses)])
+        weights = weights.to(stacked.device)
+        terms: dict[str, torch.Tensor] = {}
+        for i, (name, value) in enumerate(zip(self.names, stacked.unbind(0))):
             terms[f"{self.term}/{name}"] = value.detach()
-            terms[f"w/{name}"] = torch.tensor(float(w)) if weighted else wvec[i]
-            if weighted and w != 0.0:
-                total = w * value if total is None else total + w * value
-        if total is None:
-            total = next(iter(student.values())).sum() * 0.0
-        terms["loss"] = total
+            terms[f"w/{name}"] = weights[i]
+        terms["loss"] = (stacked * weights).sum()  # one product with the weight vector, not a sum pair by pair
         return terms
-
-    def _as_vector(self, weights: list[float]) -> bool:
-        """Whether the weights multiply the batched PKT values as one device vector (every pair weighted; a
-        zero weight leaves its pair out of the sum instead)."""
-        return self.batched and all(w != 0.0 for w in weights)
-
-    def _weight_vector(self, weights: list[float], device, keep: bool = False) -> torch.Tensor:
-        """The weights as one float32 tensor on ``device``, kept in place from call to call: a step captured as
-        a CUDA graph reads this memory at every replay, and ``prepare`` writes each epoch's weights into it.
-        ``keep``: use it as it is (inside a capture or a replay, where the loop has prepared it)."""
-        buf = getattr(self, "_weights_buf", None)
-        if buf is None or buf.device != torch.device(device):
-            buf = self._weights_buf = torch.tensor(weights, dtype=torch.float32, device=device)
-            self._weights_now = list(weights)
-        elif not keep and self._weights_now != list(weights):
-            buf.copy_(torch.tensor(weights, dtype=torch.float32))
-            self._weights_now = list(weights)
-        return buf
-
-    def prepare(self, epoch: int, device) -> tuple:
-        """Before an epoch's steps (outside any capture): put the epoch's weights where a captured step reads
-        them, and return what else a captured step has fixed in it (the loop captures again when that changes):
-        nothing for the weight vector of the batched PKT; the weights themselves for per-pair losses."""
-        w = self.weights(epoch)
-        if self._as_vector(w):
-            self._weight_vector(w, device)
-            return ("weight vector", len(w))
-        return tuple(w)
 
     def extra_repr(self) -> str:
         return f"pairs={self.pairs}, schedule={self.schedule}"

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import FlowKDError
+from .errors import FlowKDError, first_line
 
 __all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "load_weights",
            "save_weights", "load_into", "atomic_write_bytes", "safetensors_torch"]
@@ -95,7 +95,7 @@ def load_weights(path) -> dict:
     except FlowKDError:
         raise
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise FlowKDError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+        raise FlowKDError(f"cannot read weights {path}: {first_line(e)}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

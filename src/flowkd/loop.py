@@ -1,8 +1,10 @@
-"""The one training loop. Every stage and every baseline is a ``step`` function plugged into it.
+"""The one training loop. Every stage and every baseline is a step (``flowkd.steps``) plugged into it.
 
-``step(x, y, epoch[, index]) -> {"loss": tensor, other named terms...}`` (``index`` when the loader yields
-the batch's sample positions, as ``Loader(with_index=True)`` does); the loop owns the optimiser, the
-learning-rate phases, the epoch averages of every term, the non-finite check, and the progress bar.
+``step(x, y[, index]) -> {"loss": tensor, other named terms...}`` (``index`` when the loader yields the batch's
+sample positions, as ``Loader(with_index=True)`` does). The loop owns every per-epoch value: the learning rate
+of each phase, the optimiser and its restarts, and the step's ``per_epoch`` buffers (the layer pairs'
+weights), written before each epoch; plus the epoch averages of every term, the non-finite check, and the
+progress bar. Eager and captured (CUDA graph) training share one step function, ``_one_step``.
 """
 
 from __future__ import annotations
@@ -15,22 +17,27 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .capture import stand_in_replay
-from .errors import FlowKDError
+from .errors import FlowKDError, first_line
+from .steps import Step
 
-__all__ = ["train", "lr_at", "progress", "StepGraph"]
+__all__ = ["train", "lr_at", "phase_at", "progress", "StepGraph", "RESTARTS"]
 
-Step = Callable[[torch.Tensor, torch.Tensor, int], dict]
+RESTARTS = ("never", "phase", "epoch")
+
+
+def phase_at(epoch: int, epochs: Sequence[int]) -> int:
+    """The learning-rate phase that ``epoch`` belongs to: ``epochs[i]`` epochs per phase, phase after phase."""
+    end = 0
+    for i, n in enumerate(epochs):
+        end += n
+        if epoch < end:
+            return i
+    return len(epochs) - 1
 
 
 def lr_at(epoch: int, epochs: Sequence[int], lrs: Sequence[float]) -> float:
     """Piecewise-constant learning rate: ``epochs[i]`` epochs at ``lrs[i]``, phase after phase."""
-    end = 0
-    for n, lr in zip(epochs, lrs):
-        end += n
-        if epoch < end:
-            return lr
-    return lrs[-1]
+    return lrs[phase_at(epoch, epochs)]
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True):
@@ -69,7 +76,7 @@ class StepGraph:
                 self.terms = body()
         except Exception as e:  # an op that cannot be captured (host sync, CPU tensor, ...)
             raise FlowKDError(f"fast.cuda_graph: the training step could not be captured as a CUDA graph "
-                              f"({_one_line(e)}); set fast.cuda_graph=false") from e
+                              f"({first_line(e)}); set fast.cuda_graph=false") from e
 
     def __call__(self) -> dict:
         self.graph.replay()
@@ -85,42 +92,19 @@ class StepGraph:
         return out
 
 
-class PlainStep(StepGraph):
-    """The same bookkeeping without capture (what the CPU tests check the graph path's logic with): each call
-    runs the step's Python again, as a replay (``flowkd.capture.in_graph`` is true), so values the Python fixed
-    at "capture" stay fixed, as they would in a real graph."""
-
-    def __init__(self, body: Callable[[], dict]):
-        self.body = body
-
-    def __call__(self) -> dict:
-        with stand_in_replay():
-            return self.body()
-
-    @staticmethod
-    def warm(fn: Callable[[], dict]) -> dict:
-        return fn()
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: type[StepGraph], graphs: dict):
+def _graph_epoch(loader, step: Step, opt, ctx: Callable, graph_cls: type[StepGraph], graphs: dict):
     """Yield each batch's terms, replaying captured steps. ``graphs`` lives for the whole stage: one captured
     step per batch shape, kept from epoch to epoch while nothing it has fixed in it changes (the optimiser
-    object, the learning rate, and what ``step.prepare(epoch)`` returns: a step with ``prepare`` puts its
-    per-epoch values in device memory there; a step without it is captured again every epoch).
+    object and the learning rate; the step's per-epoch values live in device memory the loop writes).
     A shape's first batch runs eagerly (warm-up; it also creates the gradients and the optimiser's state
     outside the capture: state first created inside it would be re-zeroed at every replay), then the step is
     captured on static buffers; the captured step zeroes the gradients in place and accumulates into them,
     so parameters the loss does not reach keep no gradient, as in the eager loop."""
 
     def eager(batch):  # gradients zeroed in place: the captured step reuses their memory
-        return _one_step(batch, step, opt, epoch, ctx, set_to_none=False)
+        return _one_step(batch, step, opt, ctx, set_to_none=False)
 
-    prepare = getattr(step, "prepare", None)
-    key = (opt, opt.param_groups[0]["lr"], prepare(epoch) if prepare is not None else ("epoch", epoch))
+    key = (id(opt), opt.param_groups[0]["lr"])
     if graphs.get("key") != key:
         graphs.clear()
         graphs["key"] = key
@@ -138,21 +122,29 @@ def _graph_epoch(loader, step: Step, opt, epoch: int, ctx: Callable, graph_cls: 
         yield terms
 
 
-def _one_step(batch, step: Step, opt, epoch: int, ctx: Callable, set_to_none: bool) -> dict:
+def _one_step(batch, step: Step, opt, ctx: Callable, set_to_none: bool) -> dict:
     """Forward, backward and optimiser step on one batch; the terms with a detached loss (no autograd graph
     kept alive, e.g. into a capture)."""
-    x, y, *index = batch
     opt.zero_grad(set_to_none=set_to_none)
     with ctx():
-        terms = step(x, y, epoch, *index)
+        terms = step(*batch)
     terms["loss"].backward()
     opt.step()
     return {**terms, "loss": terms["loss"].detach()}
 
 
-def _eager_epoch(loader, step: Step, opt, epoch: int, ctx: Callable):
+def _eager_epoch(loader, step: Step, opt, ctx: Callable):
     for batch in loader:
-        yield _one_step(batch, step, opt, epoch, ctx, set_to_none=True)
+        yield _one_step(batch, step, opt, ctx, set_to_none=True)
+
+
+def _restart(opt: torch.optim.Optimizer) -> None:
+    """What a new optimiser starts from, in place (Adam's moments and step count, SGD's momentum zeroed): the
+    same updates as a new optimiser, and a captured step keeps the memory it reads."""
+    for state in opt.state.values():
+        for v in state.values():
+            if torch.is_tensor(v):
+                v.zero_()
 
 
 def train(
@@ -164,7 +156,7 @@ def train(
     lr: Sequence[float],
     optimizer: str = "adam",
     weight_decay: float = 0.0,
-    fresh_optimizer_each_epoch: bool = False,
+    restart: str = "never",
     params: Iterable[torch.nn.Parameter] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     name: str = "train",
@@ -176,9 +168,11 @@ def train(
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
-    ``fresh_optimizer_each_epoch`` restarts the optimiser at every epoch, as the paper's reference code does
-    for the student (a new Adam each epoch): its state (Adam's moments and step count, SGD's momentum) is
-    zeroed in place, which gives a new optimiser's updates exactly; by default it lives for the whole stage.
+    ``restart`` says when the optimiser starts afresh: ``"never"`` (one optimiser for the stage), ``"phase"``
+    (a new one at each learning-rate phase, as the paper's reference code does for the auxiliary teacher's
+    stages) or ``"epoch"`` (a new one every epoch, as it does for the student). A restart zeroes the state in
+    place (Adam's moments and step count, SGD's momentum), which gives a new optimiser's updates exactly.
+    Before each epoch the loop sets the learning rate and writes the step's ``per_epoch`` values.
     A non-finite term stops training with the stage, epoch and term named. ``autocast`` (e.g.
     ``torch.bfloat16``) runs the step under autocast; losses that need fp32 (PKT) compute in fp32.
     ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
@@ -186,19 +180,22 @@ def train(
     depend only on the epoch, so the continuation is exact).
     ``cuda_graph=True`` replays the step (forward, loss, backward, optimiser step) as one captured CUDA graph
     (:class:`StepGraph`); the step must stay on the device (no host syncs). A captured step serves every
-    epoch until the learning rate or what ``step.prepare(epoch)`` returns changes (steps without ``prepare``
-    are captured again each epoch); ``supervised_step`` and ``distill_step`` have it. Same arithmetic as
-    the eager loop, but Adam is created ``capturable`` (its step counter lives on the device). Adam over
-    parameters on a GPU is PyTorch's fused implementation (the same update, one kernel).
+    epoch until the optimiser or the learning rate changes. Same arithmetic as the eager loop, but Adam is
+    created ``capturable`` (its step counter lives on the device). Adam over parameters on a GPU is PyTorch's
+    fused implementation (the same update, one kernel). A class in place of ``True`` stands in for
+    :class:`StepGraph` (the tests check the graph path's bookkeeping on CPU with one).
     """
     if len(epochs) != len(lr) or not epochs:
         raise FlowKDError(f"{name}: epochs {list(epochs)} and lr {list(lr)} must be non-empty lists of equal length")
+    if restart not in RESTARTS:
+        raise FlowKDError(f"{name}: restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
     params = list(params) if params is not None else list(model.parameters())
     graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
     capturable = graph_cls is StepGraph
     # a captured step re-casts the weights at every replay: no autocast weight cache across the capture
     ctx = (lambda: torch.autocast(device_type=params[0].device.type, dtype=autocast, cache_enabled=graph_cls is None)
            if autocast is not None else contextlib.nullcontext())
+    per_epoch = getattr(step, "per_epoch", ())  # a plain function has no per-epoch value
     total = int(sum(epochs))
     opt = None
     graphs: dict = {}  # the stage's captured steps (cuda_graph)
@@ -206,20 +203,19 @@ def train(
     first = 0
     if resume is not None:
         first = int(resume["epoch"]) + 1
-        if not fresh_optimizer_each_epoch and first < total:
+        if first < total and _restarts(first, restart, epochs) is False:
             opt = _optimizer(optimizer, params, lr_at(first, epochs, lr), weight_decay, capturable)
             opt.load_state_dict(resume["optimizer"])
     for epoch in range(first, total):
         rate = lr_at(epoch, epochs, lr)
         if opt is None:
             opt = _optimizer(optimizer, params, rate, weight_decay, capturable)
-        elif fresh_optimizer_each_epoch:  # what a new optimiser starts from, in place (a captured step keeps it)
-            for state in opt.state.values():
-                for v in state.values():
-                    if torch.is_tensor(v):
-                        v.zero_()
+        elif _restarts(epoch, restart, epochs):
+            _restart(opt)
         for g in opt.param_groups:
             g["lr"] = rate
+        for value in per_epoch:
+            value.write(epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         model.train()
@@ -227,9 +223,9 @@ def train(
         n_batches = 0
         t0 = time.perf_counter()
         if graph_cls is not None:
-            batches = _graph_epoch(loader, step, opt, epoch, ctx, graph_cls, graphs)
+            batches = _graph_epoch(loader, step, opt, ctx, graph_cls, graphs)
         else:
-            batches = _eager_epoch(loader, step, opt, epoch, ctx)
+            batches = _eager_epoch(loader, step, opt, ctx)
         for terms in progress(batches, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
             vals = [terms[k].detach().float() for k in sums] if sums.keys() == terms.keys() else None
             if vals and len({v.device for v in vals}) == 1:  # the usual case: one multi-tensor add for every term
@@ -252,3 +248,10 @@ def train(
         if checkpoint is not None:
             checkpoint(epoch, opt)
     return records
+
+
+def _restarts(epoch: int, restart: str, epochs: Sequence[int]) -> bool:
+    """Whether the optimiser starts afresh at ``epoch`` (> 0): every epoch, or at a new learning-rate phase."""
+    if restart == "epoch":
+        return True
+    return restart == "phase" and phase_at(epoch, epochs) != phase_at(epoch - 1, epochs)

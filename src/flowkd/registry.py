@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import FlowKDError
@@ -43,6 +44,29 @@ class Registry(Generic[T]):
             raise FlowKDError(
                 f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}"
             ) from None
+
+    def options(self, name: str) -> tuple[str, ...]:
+        """The option names the item registered as ``name`` takes: its ``valid_options`` when it declares them,
+        else the keyword parameters of its signature (a dataclass's fields)."""
+        obj = self.get(name)
+        declared = getattr(obj, "valid_options", None)
+        if declared is not None:
+            return tuple(declared)
+        params = inspect.signature(obj).parameters.values()
+        return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+    def check_options(self, name: str, options, where: str) -> None:
+        """Fail naming every option that ``name`` does not take, and the options it does take."""
+        valid = self.options(name)
+        unknown = [k for k in options if k not in valid]
+        if unknown:
+            raise FlowKDError(f"{where}: {self.kind} {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                              f"it takes: {', '.join(valid) if valid else '(none)'}")
+
+    def build(self, name: str, options: dict, where: str):
+        """The item ``name`` called with ``options``, after ``check_options``."""
+        self.check_options(name, options, where)
+        return self.get(name)(**options)
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -66,7 +66,7 @@ class AdaptiveCriticalPeriod:
     tol: float = 0.01
     patience: int = 2
     final: float = 1.0
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list, init=False, repr=False)
 
     def observe(self, value: float) -> None:
         self.history.append(float(value))

@@ -1,117 +1,168 @@
-"""The three kinds of training step that every stage (and baseline) is made of.
+"""A stage as a value: from a ``[[stages]]`` entry and the run's models, everything its training needs
+(model, loader, step, loss, optimiser plan), built once and used both by the up-front check and the run.
 
-- ``supervised_step``: cross-entropy on labels (stage A, the labels-only baseline, a teacher);
-- ``distill_step``: an information-flow loss between teacher features and the student's taps (stage B
-  with a single pair = PKT on the final representation; stage C with all pairs and a critical-period
-  schedule), optionally plus cross-entropy;
-- teachers are anything that maps a batch to ``{tap spec: (N, D) features}``: ``TeacherFeatures`` wraps
-  a network (eval mode, no gradients); a callable (e.g. a handcrafted extractor) works the same way; a
-  ``FeatureBank`` (precomputed features) is looked up by the batch's sample positions instead.
+A stage's kind names its builder in ``STAGE_KINDS``; schedules and pair losses are built through their
+registries from the stage's options (an option the chosen class does not take is an error).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .config import StageConfig, pair_loss_options
+from .data.arrays import Loader
+from .distributed import gather_rows
 from .errors import FlowKDError
 from .features import FeatureBank
 from .flow import InformationFlowLoss
-from .taps import Taps
+from .losses.baselines import PAIR_LOSSES
+from .registry import Registry
+from .runmodels import RunModels, seed_for
+from .schedules import SCHEDULES
+from .steps import DistillStep, Step, SupervisedStep
 
-__all__ = ["TeacherFeatures", "supervised_step", "distill_step"]
+__all__ = ["Stage", "Plan", "STAGE_KINDS", "build_stage", "stage_pairs"]
 
-FeatureFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
-
-
-class TeacherFeatures:
-    """A frozen network's tap outputs: eval mode (BN running statistics), no autograd."""
-
-    def __init__(self, model: nn.Module, taps, inference_mode: bool = True):
-        self.model = model
-        self.taps = Taps(model, taps)
-        self.inference_mode = inference_mode
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode() if self.inference_mode else torch.no_grad():
-                return self.taps(x)[1]
-        finally:
-            self.model.train(was)
-
-    def remove(self) -> None:
-        self.taps.remove()
+STAGE_KINDS: Registry = Registry("stage kind")
 
 
-def supervised_step(model: nn.Module) -> Callable:
-    def step(x, y, epoch, index=None):
-        ce = F.cross_entropy(model(x), y)
-        return {"loss": ce, "ce": ce.detach()}
+@dataclass(frozen=True)
+class Plan:
+    """How a stage optimises: ``epochs[i]`` epochs at ``lr[i]`` per phase; see ``flowkd.loop.train``."""
 
-    step.prepare = lambda epoch: ()  # the same step every epoch (a captured graph serves the whole stage)
-    return step
+    epochs: tuple
+    lr: tuple
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    restart: str = "never"
 
 
-class distill_step:
-    """The information-flow step: ``teacher`` features vs the ``student``'s taps, optionally + cross-entropy.
+@dataclass
+class Stage:
+    name: str
+    model_name: str
+    model: nn.Module              # the network trained (its parameters, its layers)
+    forward: nn.Module            # what the step calls: the model, or its DDP / compiled wrapper
+    loader: Loader
+    step: Step
+    plan: Plan
+    params: list = field(default_factory=list)   # the model's and the loss's trainable parameters
+    flow: InformationFlowLoss | None = None
+    teacher_name: str = ""
+    teacher: object = None        # a network, a FeatureBank, or None
+    trains_head: bool = False     # the classifier head learns from labels in this stage
+    info: dict = field(default_factory=dict)
+    rng: torch.Tensor | None = None  # the CPU generator's state training starts from (None: the stage's seed)
 
-    ``teacher`` is a network (wrapped in ``TeacherFeatures`` on ``flow.teacher_taps``), any callable
-    ``images -> {tap: features}``, or a ``FeatureBank`` aligned with the loader's dataset (the step is then
-    called with the batch's sample positions, ``Loader(with_index=True)``). Hooks stay on the student until
-    ``close()`` (or the ``with`` block ends).
-    ``gather`` (distributed training) all-gathers both sides' features so PKT sees the global batch.
-    """
-
-    def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0,
-                 inference_teacher: bool = True, gather: Callable | None = None):
-        self.teacher = (TeacherFeatures(teacher, flow.teacher_taps, inference_teacher)
-                        if isinstance(teacher, nn.Module) else teacher)
-        if isinstance(self.teacher, FeatureBank):
-            self.teacher.check_taps(flow.teacher_taps)
-        self.taps = Taps(student, flow.student_taps)
-        self.flow, self.ce_weight, self.gather = flow, ce_weight, gather
-        self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
-
-    def __call__(self, x, y, epoch, index=None):
-        if isinstance(self.teacher, FeatureBank):
-            if index is None:
-                raise FlowKDError("a teacher given as precomputed features needs the batch's sample positions: "
-                                  "use Loader(..., with_index=True)")
-            t = self.teacher.lookup(index, self.flow.teacher_taps)
-        else:
-            with torch.no_grad():
-                t = self.teacher(x)
-        out, s = self.taps(x)
-        if self.gather is not None:  # distributed: the similarity batch is the global batch
-            t = {k: self.gather(v.clone()) for k, v in t.items()}
-            s = {k: self.gather(v) for k, v in s.items()}
-        terms = self.flow(t, s, epoch)
-        if self.ce_weight:
-            ce = F.cross_entropy(out, y)
-            terms["loss"] = terms["loss"] + self.ce_weight * ce
-            terms["ce"] = ce.detach()
-        elif self.ddp:  # DDP wants every parameter in the graph: the unused head gets a zero gradient
-            terms["loss"] = terms["loss"] + 0.0 * out.float().sum()
-        return terms
-
-    def prepare(self, epoch: int) -> tuple:
-        """Called by the loop before each epoch: the flow's weights go to the student's device; returns what a
-        captured step depends on beyond device memory (see ``InformationFlowLoss.prepare``)."""
-        device = next(iter(self.taps.model.parameters())).device
-        return (self.flow.prepare(epoch, device), self.ce_weight)
+    def seed(self, run_seed: int) -> None:
+        """Put the random generators where this stage's training starts."""
+        torch.manual_seed(seed_for(run_seed, "train/" + self.name))
+        if self.rng is not None:
+            torch.set_rng_state(self.rng)
 
     def close(self) -> None:
-        self.taps.remove()
-        if isinstance(self.teacher, TeacherFeatures):
-            self.teacher.remove()
+        close = getattr(self.step, "close", None)
+        if close is not None:
+            close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+@dataclass
+class Context:
+    """What building a stage needs from the run: its models, device, distribution and model wrappers."""
+
+    cfg: object
+    run: RunModels
+    forward: Callable[[str], nn.Module]   # a model's forward module (DDP / compile wrapper, one per model)
+    rank: int = 0
+    world: int = 1
+    log: Callable = print
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def stage_pairs(s: StageConfig, run: RunModels) -> list[tuple[str, str]]:
+    if s.pairs:
+        return [tuple(p) for p in s.pairs]
+    if s.pairs_from == "representation":
+        return [(run.representation(s.teacher), run.representation(s.model))]
+    t, st = run.flow_taps(s.teacher), run.flow_taps(s.model)
+    if not t or not st or len(t) != len(st):
+        raise FlowKDError(f"stage {s.name!r}: pairs_from='flow' needs both models to declare the same number of "
+                          "flow_taps; give pairs explicitly")
+    return list(zip(t, st))
+
+
+def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool) -> Loader:
+    cfg = ctx.cfg
+    return Loader(ctx.run.train_set, cfg.data.batch_size, shuffle=True, augment=augment,
+                  seed=seed_for(cfg.seed, s.name), channels_last=cfg.fast.channels_last,
+                  rank=ctx.rank, world=ctx.world, with_index=indexed)
+
+
+def _plan(s: StageConfig) -> Plan:
+    return Plan(tuple(s.epochs), tuple(s.lr), s.optimizer, s.weight_decay, s.restart_optimizer)
+
+
+def _check_trainable(s: StageConfig, model: nn.Module) -> None:
+    if sum(s.epochs) and not any(p.requires_grad for p in model.parameters()):
+        raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has no trainable parameters")
+
+
+@STAGE_KINDS.register("supervised")
+def build_supervised(s: StageConfig, ctx: Context) -> Stage:
+    model = ctx.run.models[s.model]
+    _check_trainable(s, model)
+    forward = ctx.forward(s.model)
+    return Stage(s.name, s.model, model, forward, _loader(s, ctx, False, ctx.cfg.data.augment),
+                 SupervisedStep(forward), _plan(s), list(model.parameters()), trains_head=True,
+                 info={"kind": "supervised"})
+
+
+def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
+    """The stage's information-flow loss: its layer pairs, each with the stage's pair loss, weighted by its
+    schedule (both through their registries)."""
+    pairs = stage_pairs(s, run)
+    options = pair_loss_options(s)
+    if options.get("log_eps") == 0:  # 0: plain logs, as the reference code
+        options["log_eps"] = None
+    t_shapes = run.tap_shapes(s.teacher, [t for t, _ in pairs])
+    s_shapes = run.tap_shapes(s.model, [st for _, st in pairs])
+    make = PAIR_LOSSES.get(s.loss)
+    losses = [make(t_shapes[t], s_shapes[st], **options) for t, st in pairs]
+    sched = dict(s.schedule)
+    schedule = SCHEDULES.build(sched.pop("name"), sched, f"stage {s.name!r}, schedule")
+    return InformationFlowLoss(pairs, schedule, pair_losses=losses, term=s.loss).to(run.device)
+
+
+@STAGE_KINDS.register("distill")
+def build_distill(s: StageConfig, ctx: Context) -> Stage:
+    run, cfg = ctx.run, ctx.cfg
+    model = run.models[s.model]
+    _check_trainable(s, model)
+    torch.manual_seed(seed_for(cfg.seed, "train/" + s.name))  # a trainable loss (FitNets) draws its init here
+    flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
+    rng = torch.get_rng_state()
+    teacher = run.teacher(s.teacher)
+    indexed = isinstance(teacher, FeatureBank)
+    augment = s.augment if isinstance(s.augment, bool) else cfg.data.augment and not indexed
+    if indexed and cfg.data.augment and s.augment == "auto":
+        ctx.log(f"[{s.name}] teacher {s.teacher!r} is precomputed on the augmentation-free images: "
+                "this stage trains without augmentation (set augment = true to override)")
+    forward = ctx.forward(s.model)
+    gather = gather_rows if ctx.distributed and cfg.distributed.gather_features else None
+    step = DistillStep(forward, teacher, flow, s.ce_weight, cfg.fast.inference_teacher, gather)
+    info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule),
+            "augment": augment, "teacher_precomputed": indexed}
+    return Stage(s.name, s.model, model, forward, _loader(s, ctx, indexed, augment), step, _plan(s),
+                 list(model.parameters()) + list(flow.parameters()), flow, s.teacher, teacher,
+                 trains_head=s.ce_weight > 0, info=info, rng=rng)
+
+
+def build_stage(s: StageConfig, ctx: Context) -> Stage:
+    return STAGE_KINDS.get(s.kind)(s, ctx)

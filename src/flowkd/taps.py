@@ -21,7 +21,7 @@ from torch import nn
 from .errors import FlowKDError
 from .registry import closest
 
-__all__ = ["TapSpec", "parse_tap", "Taps", "layer_shapes", "unwrap", "default_representation"]
+__all__ = ["TapSpec", "parse_tap", "Taps", "FrozenTaps", "frozen_taps", "layer_shapes", "unwrap", "default_representation"]
 
 _SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+|map))?$")
 
@@ -138,6 +138,46 @@ class Taps:
 
     def __exit__(self, *exc):
         self.remove()
+
+
+class FrozenTaps:
+    """A frozen network's taps: each call runs ``model`` in eval mode (BatchNorm's running statistics) without
+    autograd (``inference_mode``, else ``no_grad``) and restores its training flag. ``frozen(x)`` gives
+    ``{spec: features}``, ``frozen.run(x)`` also the model's output. Hooks stay until ``remove()`` (or the
+    ``with`` block ends). The one way flowkd reads a frozen model's layers: teachers, feature export,
+    evaluation, the analysis probe.
+    """
+
+    def __init__(self, model: nn.Module, specs: Iterable[str], inference_mode: bool = True):
+        self.model = model
+        self.taps = Taps(model, specs)
+        self.inference_mode = inference_mode
+
+    def run(self, x: torch.Tensor):
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode() if self.inference_mode else torch.no_grad():
+                return self.taps(x)
+        finally:
+            self.model.train(was)
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.run(x)[1]
+
+    def remove(self) -> None:
+        self.taps.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def frozen_taps(model: nn.Module, specs: Iterable[str], inference_mode: bool = True) -> FrozenTaps:
+    """``FrozenTaps(model, specs)``: e.g. ``with frozen_taps(net, ["fc1"]) as f: feats = f(x)["fc1"]``."""
+    return FrozenTaps(model, specs, inference_mode)
 
 
 @torch.no_grad()

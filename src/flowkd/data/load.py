@@ -1,17 +1,17 @@
-"""Load the configured dataset: (train, test) ArrayDatasets, optionally as stratified subsets."""
+"""Load a dataset by name: (train, test) ArrayDatasets, optionally as stratified subsets."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..config import Config
 from ..errors import FlowKDError
 from .arrays import ArrayDataset
 
-__all__ = ["load_data"]
+__all__ = ["load_split", "stratified_subset", "stratified_index"]
 
 
-def _stratified(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
+def stratified_subset(data: ArrayDataset, n: int, seed: int) -> ArrayDataset:
+    """A seeded, class-stratified subset of ``n`` items (``data`` itself when n <= 0 or n >= N)."""
     if n <= 0 or n >= len(data):
         return data
     return data.subset(stratified_index(data, n, seed))
@@ -33,15 +33,15 @@ def stratified_index(data: ArrayDataset, n: int, seed: int) -> list[int]:
     return sorted(int(i) for i in picked)
 
 
-def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
-    d = cfg.data
-    if d.name == "digits":
+def load_split(name: str, root: str = "", *, seed: int = 0, cache_dir: str = "", test_fraction: float = 0.25,
+               **unused) -> tuple[ArrayDataset, ArrayDataset]:
+    """The (train, test) datasets of ``name``: ``digits`` (embedded; a seeded stratified ``test_fraction``
+    held out) or a dataset folder under ``root`` (see ``flowkd.data.readers``)."""
+    if name == "digits":
         from .digits import load_digits
-        train_set, test_set = load_digits(d.test_fraction, cfg.seed)
-    else:
-        from .readers import load_dataset
-        if not d.root:
-            raise FlowKDError(f"data.root is required for dataset {d.name!r}")
-        opts = {"cache_dir": d.cache_dir} if d.cache_dir else {}
-        train_set, test_set = load_dataset(d.name, d.root, **opts)
-    return _stratified(train_set, d.train_subset, cfg.seed), _stratified(test_set, d.test_subset, cfg.seed + 1)
+        return load_digits(test_fraction, seed)
+    from .readers import load_dataset
+    if not root:
+        raise FlowKDError(f"data.root is required for dataset {name!r}")
+    opts = {"cache_dir": cache_dir} if cache_dir else {}
+    return load_dataset(name, root, **opts)

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import FlowKDError
+from ..errors import FlowKDError, first_line
 from ..registry import closest
 
 __all__ = ["SOURCES", "is_external", "create_external", "CallableTeacher"]
@@ -56,7 +56,7 @@ class CallableTeacher(nn.Module):
                 out = fn(example)
         except Exception as e:  # noqa: BLE001 - the user's function, any failure
             raise FlowKDError(f"model {name!r}: the callable failed on an example batch of shape "
-                              f"{tuple(example.shape)}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+                              f"{tuple(example.shape)}: {type(e).__name__}: {first_line(e)}") from None
         n = len(example)
         for k, v in (out.items() if isinstance(out, dict) else [("output", out)]):
             if isinstance(v, torch.Tensor) and (v.dim() < 2 or v.shape[0] != n):

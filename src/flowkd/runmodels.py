@@ -1,0 +1,137 @@
+"""A run's data, device and models, resolved from its config once: networks (zoo names, external specs,
+auxiliary teachers through ``make_auxiliary``), weights, and teachers given as features."""
+
+from __future__ import annotations
+
+import platform
+import time
+import zlib
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from .auxiliary import make_auxiliary
+from .config import Config
+from .data.arrays import ArrayDataset
+from .data.load import load_split, stratified_subset
+from .errors import FlowKDError
+from .features import FeatureBank, compute_features, load_features
+from .io import load_into
+from .models import create_model
+from .taps import default_representation, frozen_taps
+
+__all__ = ["RunModels", "load_data", "pick_device", "machine_info", "seed_for"]
+
+
+def seed_for(seed: int, name: str) -> int:
+    """The run seed combined with a name (a model, a stage): independent, reproducible streams."""
+    return (seed * 7919 + zlib.crc32(name.encode())) % (2**31)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlowKDError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
+    """The config's (train, test) datasets, as stratified subsets when ``data.train_subset``/``test_subset``."""
+    d = cfg.data
+    options = {k: v for k, v in asdict(d).items() if k not in ("batch_size", "eval_batch_size", "augment",
+                                                                 "train_subset", "test_subset")}
+    train_set, test_set = load_split(seed=cfg.seed, **options)
+    return stratified_subset(train_set, d.train_subset, cfg.seed), stratified_subset(test_set, d.test_subset, cfg.seed + 1)
+
+
+class RunModels:
+    """``models`` (networks, on the device), ``banks`` (teachers as per-sample features aligned with the
+    training set) and ``archs`` (name -> (arch, width)) of a config's ``[models]``."""
+
+    def __init__(self, cfg: Config, train_set: ArrayDataset, device: torch.device, only: list[str] | None = None):
+        self.cfg, self.train_set, self.device = cfg, train_set, device
+        self.models: dict[str, nn.Module] = {}
+        self.banks: dict[str, FeatureBank] = {}
+        self.archs: dict[str, tuple[str, float]] = {}
+        c, h, _ = train_set.shape
+        kw = dict(num_classes=train_set.num_classes, in_channels=c, in_size=h)
+        for name, m in cfg.models.items():
+            if only is not None and name not in only:
+                continue
+            if m.features:
+                self.banks[name] = load_features(m.features, m.representation).align(train_set)
+                self.archs[name] = ("features", 1.0)
+                continue
+            torch.manual_seed(seed_for(cfg.seed, name))
+            if m.auxiliary_of:
+                base, base_width = self._arch_of(m.auxiliary_of, (name,))
+                model = make_auxiliary(base, m.width, base_width=base_width, options=m.options, **kw)
+                self.archs[name] = (base, base_width * m.width)
+            else:
+                model = create_model(m.arch, width=m.width, options=m.options, **kw)
+                self.archs[name] = (m.arch, m.width)
+            if m.weights:
+                arch, width = self.archs[name]
+                load_into(model, m.weights, f"model {name!r} ({arch} x{width:g})")
+            model = model.to(device)
+            if cfg.fast.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.models[name] = model
+
+    def _arch_of(self, name: str, seen: tuple) -> tuple[str, float]:
+        if name in seen:
+            raise FlowKDError(f"model {name!r}: auxiliary_of forms a cycle")
+        m = self.cfg.models[name]
+        if m.auxiliary_of:
+            base, width = self._arch_of(m.auxiliary_of, (*seen, name))
+            return base, width * m.width
+        return m.arch, m.width
+
+    def teacher(self, name: str):
+        """What a stage distils from: the model's features when they are precomputed, else the network."""
+        return self.banks[name] if name in self.banks else self.models[name]
+
+    def representation(self, name: str) -> str:
+        if name in self.banks:
+            tap = self.banks[name].representation
+        else:
+            tap = self.cfg.models[name].representation or default_representation(self.models[name])
+        if not tap:
+            raise FlowKDError(f"model {name!r} declares no representation tap: set models.{name}.representation")
+        return tap
+
+    def flow_taps(self, name: str) -> tuple:
+        return tuple(getattr(self.teacher(name), "flow_taps", ()) or ())
+
+    def tap_shapes(self, name: str, specs) -> dict[str, tuple]:
+        """Per-sample shapes of a model's taps (for a network: a forward pass on two training images)."""
+        if name in self.banks:
+            self.banks[name].check_taps(specs)
+            return {k: v for k, v in self.banks[name].shapes().items() if k in specs}
+        with frozen_taps(self.models[name], specs) as taps:
+            x = self.train_set.normalize(self.train_set.images[:2])
+            return {k: tuple(v.shape[1:]) for k, v in taps(x).items()}
+
+    def eval_models(self) -> list[str]:
+        """The models evaluated: ``eval.models``, else every network (precomputed features have no test set)."""
+        return self.cfg.eval.models or [n for n in self.cfg.models if n not in self.banks]
+
+    def precompute(self, name: str, specs: list[str], log=print) -> None:
+        """A ``precompute = true`` teacher's taps on the augmentation-free training images, computed once."""
+        t0 = time.perf_counter()
+        bank = compute_features(self.models[name], specs, self.train_set, self.cfg.data.eval_batch_size)
+        self.banks[name] = bank
+        mib = sum(v.numel() * v.element_size() for v in bank.features.values()) / 2**20
+        log(f"[{name}] precomputed {', '.join(bank.features)} for {len(bank)} images "
+            f"({mib:.1f} MiB on {self.device}) in {time.perf_counter() - t0:.1f}s")
