@@ -78,8 +78,10 @@ def _eval(args) -> int:
     dev = pick_device(cfg.device)
     c, h, _ = train_set.shape
     model = create_model(args.model, width=args.width, num_classes=train_set.num_classes, in_channels=c, in_size=h)
+    head = True
     if args.weights:
-        load_into(model, args.weights, f"{args.model} x{args.width:g}")
+        meta = load_into(model, args.weights, f"{args.model} x{args.width:g}", f"{c}x{h}x{train_set.shape[2]} images")
+        head = meta.get("head_trained", "true") != "false"  # flowkd's checkpoints say whether the head learnt
     from .taps import default_representation
 
     tap = args.tap or default_representation(model)
@@ -87,13 +89,14 @@ def _eval(args) -> int:
         raise FlowKDError(f"{args.model} declares no representation: name one with --tap (see `flowkd layers {args.model}`)")
     t0 = time.perf_counter()
     res = evaluate_representation(model.to(dev), tap, train_set.to(dev), test_set.to(dev), k=args.k,
-                                  head=True, legacy=True, batch_size=args.batch_size)
+                                  head=head, legacy=True, batch_size=args.batch_size)
     res["wall_s"] = round(time.perf_counter() - t0, 3)
     for m in ("cosine", "euclidean"):
         r = res[m]
         print(f"{m:<9} mAP {r['map']:.2f}  (legacy {r['legacy']['map']:.2f})  "
               + "  ".join(f"P@{k} {v:.2f}" for k, v in r["precision_at"].items()))
-    print(f"NCM acc {res['ncm_acc']:.2f}" + (f"  head acc {res['head_acc']:.2f}" if "head_acc" in res else "")
+    print(f"NCM acc {res['ncm_acc']:.2f}" + (f"  head acc {res['head_acc']:.2f}" if "head_acc" in res else
+                                             "  (no head acc: the checkpoint's classifier was never trained)" if not head else "")
           + f"  ({res['wall_s']:.1f} s on {dev})")
     if args.json:
         atomic_write_json(args.json, res)
@@ -150,11 +153,16 @@ def _layers(args) -> int:
             print(f"{k:<{w}}  {str(v.dtype).replace('torch.', ''):<18} {tuple(v.shape[1:])}")
         print(f"representation: {bank.representation or '(several taps: set models.X.representation)'}")
         return 0
-    model = create_model(args.model, width=args.width, num_classes=args.num_classes,
-                         in_channels=args.in_channels, in_size=args.in_size)
-    rows = layer_shapes(model, torch.zeros(2, args.in_channels, args.in_size, args.in_size))
+    from .models import model_defaults
+
+    defaults = model_defaults(args.model)
+    c = args.in_channels or defaults.get("in_channels", 3)
+    size = args.in_size or defaults.get("in_size", 32)
+    model = create_model(args.model, width=args.width, num_classes=args.num_classes, in_channels=c, in_size=size)
+    rows = layer_shapes(model, torch.zeros(2, c, size, size))
     if not rows:
-        raise FlowKDError(f"{args.model}: no submodule produced a tensor on a (2, {args.in_channels}, {args.in_size}, {args.in_size}) batch")
+        raise FlowKDError(f"{args.model}: no submodule produced a tensor on a (2, {c}, {size}, {size}) batch")
+    print(f"shapes per image for a {c}x{size}x{size} input (change with --in-channels / --in-size)")
     w = max(len(n) for n, _, _ in rows)
     for name, typ, shape in rows:
         print(f"{name:<{w}}  {typ:<20} {tuple(shape[1:])}")
@@ -187,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. stages.student.epochs=[5]")
     r.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:1)")
     r.add_argument("--resume", action="store_true", help="continue a run from its last completed stage")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
     r.set_defaults(fn=_run)
 
     d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, < 60 s)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisations and batch order (default 0)")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     d.add_argument("--out", default="", help="run directory (default: a new temp folder)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--quiet", action="store_true", help="print only the final table")
@@ -207,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default="digits")
     e.add_argument("--root", default="")
     e.add_argument("--cache-dir", default="", help="decoded-image cache for image folders")
-    e.add_argument("--device", default="")
+    e.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda when available)")
     e.add_argument("--batch-size", type=int, default=1024)
     e.add_argument("--k", type=int, nargs="+", default=[10, 100])
     e.add_argument("--json", default="", help="also write the full results here")
@@ -234,15 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--taps", nargs="*", default=[], help="tap specs (default: the model's representation)")
     ft.add_argument("--out", required=True, help="a .npz or .safetensors file")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ft.add_argument("--device", default="")
+    ft.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:N)")
     ft.set_defaults(fn=_features)
 
     lay = sub.add_parser("layers", help="list a model's tap names and output shapes (or a features file's arrays)")
     lay.add_argument("model", help="a model name (see `flowkd models`; or timm:NAME, torchvision:NAME, py:MODULE:FACTORY, "
                                    "fn:MODULE:FUNCTION) or a .npy/.npz/.safetensors features file")
     lay.add_argument("--width", type=float, default=1.0)
-    lay.add_argument("--in-channels", type=int, default=3)
-    lay.add_argument("--in-size", type=int, default=32)
+    lay.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's own, else 3)")
+    lay.add_argument("--in-size", type=int, default=None, help="input height = width (default: the model's own, else 32)")
     lay.add_argument("--num-classes", type=int, default=10)
     lay.set_defaults(fn=_layers)
 
@@ -253,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from . import errors
+
+    errors._warned.clear()  # each command says its warnings once
     try:
         return args.fn(args)
     except FlowKDError as e:

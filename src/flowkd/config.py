@@ -11,6 +11,7 @@ key and its check are read and changed together.)
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -77,6 +78,7 @@ class StageConfig:
     divergence: str = ""            # jeffreys | kl
     log_eps: Union[float, None] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
     ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
+    allow_unordered_pairs: bool = False  # pairs must go shallow -> deep on both sides, no tap twice, unless true
     restart_optimizer: str = "never"  # never | phase (a new optimiser per lr phase) | epoch (one per epoch)
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
 
@@ -200,6 +202,9 @@ def pair_loss_options(s: StageConfig) -> dict:
 
 
 def _validate(cfg: Config) -> None:
+    if not cfg.models:
+        raise FlowKDError("the config defines no [models.NAME]: nothing to train or evaluate "
+                          "(see `flowkd init` or the configs/ folder for complete examples)")
     if cfg.fast.amp not in ("none", "bf16"):
         raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
     if cfg.fast.cuda_graph and cfg.fast.compile:
@@ -218,8 +223,9 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: unknown model {s.model!r}; models: {', '.join(cfg.models)}")
         if s.kind == "distill" and s.teacher not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
-        if len(s.epochs) != len(s.lr) or not s.epochs or min(s.epochs) < 0:
-            raise FlowKDError(f"stage {s.name!r}: epochs {s.epochs} and lr {s.lr} must be lists of equal length")
+        from .loop import check_plan
+
+        check_plan(s.epochs, s.lr, f"stage {s.name!r}")
         _validate_stage_options(s)
         if any(len(p) != 2 for p in s.pairs):
             raise FlowKDError(f"stage {s.name!r}: each of pairs must be [teacher tap, student tap]")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import retrieval
 from .data.arrays import ArrayDataset, Loader
-from .taps import frozen_taps
+from .errors import FlowKDError, warn
+from .taps import default_representation, frozen_taps
 
-__all__ = ["extract", "accuracy", "ncm_accuracy", "evaluate_representation"]
+__all__ = ["extract", "features_of", "accuracy", "ncm_accuracy", "evaluate_representation"]
 
 
 @torch.no_grad()
@@ -23,6 +26,23 @@ def extract(model: nn.Module, data: ArrayDataset, tap: str, batch_size: int = 10
             feats.append(f[tap].float())
             outs.append(out.float() if isinstance(out, torch.Tensor) else torch.zeros(len(x), 0, device=x.device))
     return torch.cat(feats), torch.cat(outs)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def features_of(model: nn.Module, data: ArrayDataset, tap: str = "", batch_size: int = 1024,
+                normalize_like: ArrayDataset | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features (N, D), labels (N,))`` of ``data`` at ``tap`` (default: the model's representation), in eval
+    mode without augmentation: what ``flowkd.retrieval.evaluate`` takes. ``normalize_like``: the training set,
+    whose statistics a test set must be normalised with."""
+    tap = tap or default_representation(model)
+    if not tap:
+        raise FlowKDError(f"{type(model).__name__} declares no representation: name a tap (see `flowkd layers`)")
+    if normalize_like is not None:
+        data = dataclasses.replace(data, mean=tuple(normalize_like.mean), std=tuple(normalize_like.std))
+    return extract(model, data, tap, batch_size)[0], data.labels
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -53,8 +73,15 @@ def evaluate_representation(
     batch_size: int = 1024,
 ) -> dict:
     """Retrieval mAP / P@k per metric, NCM-probe accuracy, and (``head``) the classifier's accuracy."""
+    if tuple(test.mean) != tuple(train.mean) or tuple(test.std) != tuple(train.std):
+        warn(f"the test images were normalised with their own statistics; using the training set's (mean "
+             f"{_fmt(train.mean)}, std {_fmt(train.std)}), as the model saw in training")
+        test = dataclasses.replace(test, mean=tuple(train.mean), std=tuple(train.std))
     db, _ = extract(model, train, tap, batch_size)
     qf, logits = extract(model, test, tap, batch_size)
+    dropped = [x for x in k if x > len(train)]
+    if dropped:
+        warn(f"precision at k={', '.join(map(str, dropped))} skipped: the database has only {len(train)} images")
     k = [x for x in k if x <= len(train)]
     res: dict = {"tap": tap, "dim": int(db.shape[1])}
     for m in metrics:

@@ -71,43 +71,97 @@ def safetensors_torch(purpose: str):
     return st
 
 
-def save_weights(state: dict, path) -> None:
-    """Write a state_dict atomically: safetensors for a ``.safetensors`` path, else ``torch.save``."""
+def save_weights(state: dict, path, meta: dict | None = None) -> None:
+    """Write a state_dict atomically: safetensors for a ``.safetensors`` path (``meta`` as its metadata), else
+    ``torch.save`` of ``{"model": state, "flowkd": meta}`` (``load_weights`` reads both, and plain state_dicts)."""
     path = Path(path)
+    meta = {k: str(v) for k, v in (meta or {}).items()}
     if path.suffix == ".safetensors":
         st = safetensors_torch(f"writing {path}")
-        atomic_write_bytes(path, st.save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}))
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+        atomic_write_bytes(path, st.save(tensors, metadata=meta or None))
     else:
-        atomic_torch_save(state, path)
+        atomic_torch_save({"model": state, "flowkd": meta} if meta else state, path)
 
 
-def load_weights(path) -> dict:
+def load_weights(path, *, with_meta: bool = False):
     """A state_dict from ``path``, cast to float32: ``.safetensors`` (no code can be stored in it), or a torch
-    file read with ``weights_only=True`` (pickled code is refused)."""
+    file read with ``weights_only=True`` (pickled code is refused). ``with_meta``: also the metadata flowkd
+    wrote beside the weights (``{}`` when there is none)."""
     path = Path(path)
     if not path.is_file():
         raise FlowKDError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise FlowKDError(f"weights file {path} is empty (0 bytes): an interrupted copy or download?")
+    meta: dict = {}
     try:
         if path.suffix == ".safetensors":
-            obj = safetensors_torch(f"reading {path}").load_file(str(path), device="cpu")
+            st = safetensors_torch(f"reading {path}")
+            obj = st.load_file(str(path), device="cpu")
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = dict(f.metadata() or {})
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except FlowKDError:
         raise
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise FlowKDError(f"cannot read weights {path}: {first_line(e)}") from None
+        raise FlowKDError(f"cannot read weights {path}: not a PyTorch (.pt) or .safetensors weights file "
+                          f"({type(e).__name__}: {first_line(e, 120)})") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        meta = dict(obj.get("flowkd") or {}) if isinstance(obj.get("flowkd"), dict) else meta
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FlowKDError(f"{path} does not hold a state_dict of tensors")
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in obj.items()}
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj.items()}
+    return (state, meta) if with_meta else state
 
 
-def load_into(model: torch.nn.Module, path, what: str) -> None:
-    """Load the state_dict at ``path`` into ``model`` with strict keys; a mismatch names its first problem."""
+def describe_mismatch(model: torch.nn.Module, state: dict, data: str = "") -> str:
+    """Why ``state`` does not fit ``model``, in a user's terms: another architecture, another width, another
+    number of input channels, another image size (``data`` describes the images, e.g. "1x8x8 images")."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing and len(missing) >= len(own) / 2:
+        return (f"they are for another architecture: {len(missing)} of the model's {len(own)} weights are missing "
+                f"(e.g. {missing[0]!r}) and {len(unexpected)} are unknown to it (e.g. {unexpected[0]!r})"
+                if unexpected else f"they are for another architecture: {len(missing)} of {len(own)} weights missing")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
+    convs = [k for k, v in own.items() if v.dim() == 4]
+    linears = [k for k, v in own.items() if v.dim() == 2]
+    on = f" ({data})" if data else ""
+    if wrong:
+        k, theirs, mine = wrong[0]
+        if convs and k == convs[0] and theirs[1] != mine[1] and theirs[0] == mine[0]:
+            return f"the weights take {theirs[1]}-channel images; the model is built for {mine[1]} channel(s){on}"
+        if k in convs and theirs[0] != mine[0]:
+            return (f"they are for another width: {k} has {theirs[0]} channels in the weights and {mine[0]} in the "
+                    f"model (x{theirs[0] / mine[0]:g} this one's width)")
+        if k in linears and k == linears[-1] and theirs[0] != mine[0] and theirs[1] == mine[1]:
+            return f"they are for another number of classes: {theirs[0]} in the weights, {mine[0]} in the data"
+        if k in linears and theirs[1] != mine[1] and theirs[0] == mine[0]:
+            what = "image size" if convs else "image size or number of channels"
+            return (f"they were trained on another {what}: {k} takes {theirs[1]} inputs in the weights and "
+                    f"{mine[1]} in the model{on}")
+        if k in linears and theirs[0] != mine[0]:
+            return (f"they are for another width: {k} has {theirs[0]} units in the weights and {mine[0]} in the model "
+                    f"(x{theirs[0] / mine[0]:g} this one's width)")
+        return f"size mismatch for {k}: {theirs} in the weights, {mine} in the model"
+    if missing or unexpected:
+        return (f"{len(missing)} weights missing (e.g. {missing[0]!r})" if missing else "") + \
+               ("; " if missing and unexpected else "") + \
+               (f"{len(unexpected)} unknown to the model (e.g. {unexpected[0]!r})" if unexpected else "")
+    return "they do not fit"
+
+
+def load_into(model: torch.nn.Module, path, what: str, data: str = "") -> dict:
+    """Load the state_dict at ``path`` into ``model`` with strict keys; a mismatch is described in a user's
+    terms (see ``describe_mismatch``). Returns the metadata stored beside the weights."""
+    state, meta = load_weights(path, with_meta=True)
     try:
-        model.load_state_dict(load_weights(path), strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines or ["mismatch"])[0]
-        raise FlowKDError(f"weights {path} do not fit {what}: {detail[:300]}") from None
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise FlowKDError(f"weights {path} do not fit {what}: {describe_mismatch(model, state, data)}") from None
+    return meta

@@ -20,7 +20,7 @@ from torch import nn
 from .errors import FlowKDError, first_line
 from .steps import Step
 
-__all__ = ["train", "lr_at", "phase_at", "progress", "StepGraph", "RESTARTS"]
+__all__ = ["train", "lr_at", "phase_at", "check_plan", "progress", "StepGraph", "RESTARTS"]
 
 RESTARTS = ("never", "phase", "epoch")
 
@@ -38,6 +38,27 @@ def phase_at(epoch: int, epochs: Sequence[int]) -> int:
 def lr_at(epoch: int, epochs: Sequence[int], lrs: Sequence[float]) -> float:
     """Piecewise-constant learning rate: ``epochs[i]`` epochs at ``lrs[i]``, phase after phase."""
     return lrs[phase_at(epoch, epochs)]
+
+
+def check_plan(epochs, lr, where: str) -> tuple[list[int], list[float]]:
+    """A stage's learning-rate phases: ``epochs[i]`` (an int >= 0) epochs at ``lr[i]`` (a finite number > 0).
+    A single number stands for a one-phase list."""
+    epochs = [epochs] if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else epochs
+    lr = [lr] if isinstance(lr, (int, float)) and not isinstance(lr, bool) else lr
+    try:
+        epochs, lr = list(epochs), list(lr)
+    except TypeError:
+        raise FlowKDError(f"{where}: epochs and lr must be lists (one entry per phase), got {epochs!r} and {lr!r}") from None
+    if not epochs or len(epochs) != len(lr):
+        raise FlowKDError(f"{where}: epochs {epochs} and lr {lr} must be non-empty lists of equal length "
+                          "(one learning rate per phase)")
+    bad = [e for e in epochs if isinstance(e, bool) or not isinstance(e, int) or e < 0]
+    if bad:
+        raise FlowKDError(f"{where}: epochs must be whole numbers >= 0, got {epochs}")
+    bad = [r for r in lr if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0]
+    if bad:
+        raise FlowKDError(f"{where}: learning rates must be finite numbers > 0, got {lr}")
+    return epochs, [float(r) for r in lr]
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True):
@@ -165,8 +186,12 @@ def train(
     resume: dict | None = None,
     checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
     cuda_graph: bool | type[StepGraph] = False,
+    summary: bool | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
+
+    ``epochs``/``lr``: one entry per learning-rate phase (a single number is one phase). ``summary`` (default:
+    ``show_progress``) prints one line when training ends, since the progress bars leave nothing on screen.
 
     ``restart`` says when the optimiser starts afresh: ``"never"`` (one optimiser for the stage), ``"phase"``
     (a new one at each learning-rate phase, as the paper's reference code does for the auxiliary teacher's
@@ -185,8 +210,7 @@ def train(
     fused implementation (the same update, one kernel). A class in place of ``True`` stands in for
     :class:`StepGraph` (the tests check the graph path's bookkeeping on CPU with one).
     """
-    if len(epochs) != len(lr) or not epochs:
-        raise FlowKDError(f"{name}: epochs {list(epochs)} and lr {list(lr)} must be non-empty lists of equal length")
+    epochs, lr = check_plan(epochs, lr, name)
     if restart not in RESTARTS:
         raise FlowKDError(f"{name}: restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
     params = list(params) if params is not None else list(model.parameters())
@@ -247,6 +271,10 @@ def train(
             on_epoch(rec)
         if checkpoint is not None:
             checkpoint(epoch, opt)
+    if (show_progress if summary is None else summary) and records:
+        last = records[-1]
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce"))
+        print(f"[{name}] {len(records)} epochs in {sum(r['time_s'] for r in records):.1f}s; last: {terms}")
     return records
 
 

@@ -14,7 +14,7 @@ from .analysis.probe import FlowProbe
 from .config import Config, to_dict
 from .data.arrays import ArrayDataset
 from .distributed import init_distributed
-from .errors import FlowKDError
+from .errors import FlowKDError, warn
 from .evaluation import evaluate_representation
 from .features import FeatureBank, compute_features, save_features
 from .loop import train
@@ -71,6 +71,11 @@ class Pipeline:
             raise FlowKDError("fast.cuda_graph does not combine with distributed training; set fast.cuda_graph=false")
         for name in run.eval_models():
             run.tap_shapes(name, [run.representation(name)])
+        n = len(run.train_set)
+        if cfg.stages and cfg.data.batch_size > n:
+            warn(f"data.batch_size {cfg.data.batch_size} is larger than the {n} training images: "
+                 "every epoch is a single batch of all of them")
+        self._warn_untrained_teachers()
         for name, m in cfg.models.items():
             specs = [t for s in cfg.stages if s.kind == "distill" and s.teacher == name for t, _ in stage_pairs(s, run)]
             if m.precompute and specs:
@@ -86,6 +91,18 @@ class Pipeline:
                 st.close()
             raise
         return stages
+
+    def _warn_untrained_teachers(self) -> None:
+        """A network that teaches a stage but has no weights and no training before it learns from noise."""
+        cfg, run = self.cfg, self.run_models
+        trained: set[str] = {n for n, m in cfg.models.items() if m.weights or m.options.get("pretrained")}
+        for s in cfg.stages:
+            t = s.teacher if s.kind == "distill" else ""
+            if t in run.models and t not in trained and any(True for _ in run.models[t].parameters()):
+                warn(f"stage {s.name!r} learns from model {t!r}, which has no weights and no training before it "
+                     f"(its stages have 0 epochs): a randomly initialised teacher")
+            if sum(s.epochs):
+                trained.add(s.model)
 
     # ---- running --------------------------------------------------------------------------------
     def train_stage(self, stage: Stage) -> list[dict]:
@@ -131,7 +148,7 @@ class Pipeline:
         train(stage.forward, stage.loader, stage.step, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
               weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
               checkpoint=checkpoint, resume=resume, name=stage.name, show_progress=cfg.progress,
-              autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph)
+              autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph, summary=False)
         return records
 
     def run(self) -> dict:
@@ -191,7 +208,8 @@ class Pipeline:
                 "wall_s": round(wall, 3), "last": last, "records": records}
         if self.device.type == "cuda":
             info["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
-        self.rundir.complete(st.name, st.model, info)
+        # whether the classifier head learnt from labels in this stage: `flowkd eval` reports its accuracy only then
+        self.rundir.complete(st.name, st.model, info, {"head_trained": str(st.trains_head).lower()})
         return info
 
     def evaluate(self, train_set, test_set, stages: dict, built: list[Stage]) -> dict:

@@ -14,6 +14,7 @@ Every file is written atomically (a temp file renamed into place). Only rank 0 w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -22,7 +23,26 @@ from torch import nn
 from .errors import FlowKDError, first_line
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
 
-__all__ = ["RunDir", "cpu_state"]
+__all__ = ["RunDir", "cpu_state", "is_run"]
+
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` holds a flowkd run: its ``state.json``, or a ``config.json`` that is a flowkd config (a
+    user's own files of the same names do not count)."""
+    if (path / "state.json").is_file():
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"data", "models", "stages"} <= set(config)
+
+DISPLAY_KEYS = ("progress",)  # how a run shows itself, not what it computes: free to change on --resume
+
+
+def _compared(config: dict | None) -> dict | None:
+    return None if config is None else {k: v for k, v in config.items() if k not in DISPLAY_KEYS}
 
 
 def cpu_state(module: nn.Module) -> dict:
@@ -36,23 +56,40 @@ class RunDir:
 
     # ---- opening ------------------------------------------------------------------------------------
     def check(self) -> None:
-        """Before any work, without writing: a new run needs an empty or new folder; ``resume`` the same config."""
-        state_path = self.path / "state.json"
-        if self.path.exists() and any(self.path.iterdir()) and not self.resume:
-            if state_path.exists() or (self.path / "results.json").exists():
-                raise FlowKDError(f"{self.path} already holds a run; use --resume to continue it or choose another --out")
+        """Before any work, without writing: the folder must be new, empty, or a flowkd run (then only with
+        ``resume``, and only with the same config); its parent must be a writable folder."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise FlowKDError(f"--out {path} is a file, not a folder; choose a new or empty folder for the run")
+        ancestor = path
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise FlowKDError(f"cannot create the run folder {path}: {ancestor} is a file")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise FlowKDError(f"cannot create the run folder {path}: {ancestor} is not writable")
+        entries = sorted(e.name for e in path.iterdir()) if path.is_dir() else []
+        if entries and not is_run(path):
+            raise FlowKDError(f"{path} is not empty and is not a flowkd run (it holds {', '.join(entries[:3])}"
+                              f"{', ...' if len(entries) > 3 else ''}); choose a new or empty folder for --out")
+        if entries and not self.resume:
+            raise FlowKDError(f"{path} already holds a run; use --resume to continue it or choose another --out")
+        state_path = path / "state.json"
         if self.resume and state_path.exists():
             state = json.loads(state_path.read_text())
-            if state.get("config") != self.config:
-                raise FlowKDError(f"{self.path}: the config differs from the one the run started with; cannot resume")
+            if _compared(state.get("config")) != _compared(self.config):
+                raise FlowKDError(f"{path}: the config differs from the one the run started with; cannot resume")
             self.state = state
         self.state["config"] = self.config
 
     def open(self, barrier=lambda: None) -> dict:
         """Create the folder and write ``config.json`` (after ``check``); return the state (stages completed)."""
         if self.writer:
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path / "config.json", self.config)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.path / "config.json", self.config)
+            except OSError as e:
+                raise FlowKDError(f"cannot write the run folder {self.path}: {e.strerror or first_line(e)}") from None
         barrier()
         return self.state
 
@@ -89,11 +126,11 @@ class RunDir:
         model.load_state_dict(load_weights(ckpt))
         return self.completed[stage]
 
-    def complete(self, stage: str, model: nn.Module, info: dict) -> None:
-        """Save the stage's weights, record it as completed, drop its partial state."""
+    def complete(self, stage: str, model: nn.Module, info: dict, meta: dict | None = None) -> None:
+        """Save the stage's weights (with ``meta`` beside them), record it as completed, drop its partial state."""
         self.completed[stage] = info
         if self.writer:
-            save_weights(cpu_state(model), self.checkpoint_path(stage))
+            save_weights(cpu_state(model), self.checkpoint_path(stage), meta)
             atomic_write_json(self.path / "state.json", self.state)
             self.partial_path(stage).unlink(missing_ok=True)
 

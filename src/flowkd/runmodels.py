@@ -83,7 +83,7 @@ class RunModels:
                 self.archs[name] = (m.arch, m.width)
             if m.weights:
                 arch, width = self.archs[name]
-                load_into(model, m.weights, f"model {name!r} ({arch} x{width:g})")
+                load_into(model, m.weights, f"model {name!r} ({arch} x{width:g})", f"{c}x{h}x{train_set.shape[2]} images")
             model = model.to(device)
             if cfg.fast.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -119,7 +119,7 @@ class RunModels:
         if name in self.banks:
             self.banks[name].check_taps(specs)
             return {k: v for k, v in self.banks[name].shapes().items() if k in specs}
-        with frozen_taps(self.models[name], specs) as taps:
+        with frozen_taps(self.models[name], specs) as taps:  # the dict is in the order the taps fired
             x = self.train_set.normalize(self.train_set.images[:2])
             return {k: tuple(v.shape[1:]) for k, v in taps(x).items()}
 

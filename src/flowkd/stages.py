@@ -24,6 +24,7 @@ from .registry import Registry
 from .runmodels import RunModels, seed_for
 from .schedules import SCHEDULES
 from .steps import DistillStep, Step, SupervisedStep
+from .taps import frozen_taps
 
 __all__ = ["Stage", "Plan", "STAGE_KINDS", "build_stage", "stage_pairs"]
 
@@ -109,6 +110,25 @@ def _plan(s: StageConfig) -> Plan:
     return Plan(tuple(s.epochs), tuple(s.lr), s.optimizer, s.weight_decay, s.restart_optimizer)
 
 
+def check_pair_order(s: StageConfig, pairs, t_order: list[str], s_order: list[str]) -> None:
+    """Pairs go shallow -> deep on both sides (the order of the taps in each network's forward pass), no tap
+    in two pairs: the schedule treats the last pair as the final representation. ``allow_unordered_pairs``
+    lets a user pair otherwise on purpose."""
+    if s.allow_unordered_pairs:
+        return
+    hint = "; if this pairing is intended, set allow_unordered_pairs = true on the stage"
+    for side, taps, order in (("teacher", [t for t, _ in pairs], t_order), ("student", [st for _, st in pairs], s_order)):
+        twice = [t for i, t in enumerate(taps) if t in taps[:i]]
+        if twice:
+            raise FlowKDError(f"stage {s.name!r}: the {side} tap {twice[0]!r} is in two layer pairs{hint}")
+        pos = [order.index(t) for t in taps]
+        for i in range(1, len(pos)):
+            if pos[i] < pos[i - 1]:
+                raise FlowKDError(f"stage {s.name!r}: layer pairs must go shallow -> deep, the last being the final "
+                                  f"representation, but the {side}'s {taps[i]!r} (pair {i + 1}) runs before "
+                                  f"{taps[i - 1]!r} (pair {i}) in its forward pass{hint}")
+
+
 def _check_trainable(s: StageConfig, model: nn.Module) -> None:
     if sum(s.epochs) and not any(p.requires_grad for p in model.parameters()):
         raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has no trainable parameters")
@@ -118,6 +138,13 @@ def _check_trainable(s: StageConfig, model: nn.Module) -> None:
 def build_supervised(s: StageConfig, ctx: Context) -> Stage:
     model = ctx.run.models[s.model]
     _check_trainable(s, model)
+    classes = ctx.run.train_set.num_classes
+    with frozen_taps(model, []) as frozen:
+        out = frozen.run(ctx.run.train_set.normalize(ctx.run.train_set.images[:2]))[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        got = f"outputs of shape {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise FlowKDError(f"stage {s.name!r}: model {s.model!r} gives {got} per image, but a supervised stage needs "
+                          f"one logit per class: the data has {classes} classes")
     forward = ctx.forward(s.model)
     return Stage(s.name, s.model, model, forward, _loader(s, ctx, False, ctx.cfg.data.augment),
                  SupervisedStep(forward), _plan(s), list(model.parameters()), trains_head=True,
@@ -131,8 +158,9 @@ def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
     options = pair_loss_options(s)
     if options.get("log_eps") == 0:  # 0: plain logs, as the reference code
         options["log_eps"] = None
-    t_shapes = run.tap_shapes(s.teacher, [t for t, _ in pairs])
+    t_shapes = run.tap_shapes(s.teacher, [t for t, _ in pairs])  # in the order the taps fire
     s_shapes = run.tap_shapes(s.model, [st for _, st in pairs])
+    check_pair_order(s, pairs, list(t_shapes), list(s_shapes))
     make = PAIR_LOSSES.get(s.loss)
     losses = [make(t_shapes[t], s_shapes[st], **options) for t, st in pairs]
     sched = dict(s.schedule)

@@ -55,13 +55,14 @@ def render_flow(run_dir) -> list[Path]:
             ax2.plot(epochs, [r["weights"][first] for r in recs], color="grey", lw=1.5, alpha=0.5)
             ax2.set_yscale("log")
             ax2.set_ylabel("intermediate pair weight (grey)")
-        ax.legend(fontsize=6, loc="lower right")
+        # the legend goes under the axes, where it covers neither the MI curves nor the schedule line
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
         fig.tight_layout()
         out = run / f"flow_{name}.png"
         if "divergence" in recs[-1]:  # the distillation plane: distance to the teacher vs information, per pair
-            fig.set_size_inches(12, 4)
-            ax.set_position([0.06, 0.12, 0.42, 0.78])
-            plane = fig.add_axes([0.6, 0.12, 0.36, 0.78])
+            fig.set_size_inches(12, 5)
+            ax.set_position([0.06, 0.34, 0.38, 0.58])
+            plane = fig.add_axes([0.58, 0.34, 0.38, 0.58])
             for i, pair in enumerate(recs[-1]["divergence"]):
                 student_tap = pair.split("~", 1)[1]
                 xs = [r["divergence"][pair] for r in recs]
@@ -69,10 +70,12 @@ def render_flow(run_dir) -> list[Path]:
                 plane.plot(xs, ys, marker=".", color=f"C{i}", label=pair)
                 plane.annotate("start", (xs[0], ys[0]), fontsize=6)
             plane.set_xscale("log")
+            plane.tick_params(axis="x", labelsize=7, labelrotation=30)  # log ticks of a narrow range overlap flat
+            plane.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             plane.set_xlabel("pair loss to the teacher on the probe (log)")
             plane.set_ylabel("student layer's MI with the labels")
             plane.set_title("distillation plane (one path per layer pair, epoch by epoch)", fontsize=9)
-            plane.legend(fontsize=6)
+            plane.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         tmp = out.with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=100)
         plt.close(fig)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import FlowKDError
+from ..errors import FlowKDError, warn
 from .arrays import ArrayDataset
 
 __all__ = ["IMAGE_EXTENSIONS", "read_image_folder"]
@@ -62,14 +62,29 @@ def _list_images(split_dir: Path) -> tuple[list[str], list[Path], np.ndarray]:
                           f"{'/'.join(IMAGE_EXTENSIONS)} files")
     paths: list[Path] = []
     labels: list[int] = []
+    other, nested = [], []  # what is not read: say so once
     for label, cls in enumerate(classes):
         cdir = split_dir / cls
-        names = sorted(e.name for e in os.scandir(cdir)
-                       if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+        names = []
+        for e in os.scandir(cdir):
+            if e.is_dir():
+                nested.append(f"{cls}/{e.name}/")
+            elif not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                names.append(e.name)
+            elif not e.name.startswith("."):
+                other.append(f"{cls}/{e.name}")
         if not names:
-            raise FlowKDError(f"empty class folder {cdir}: expected {'/'.join(IMAGE_EXTENSIONS)} files")
+            raise FlowKDError(f"empty class folder {cdir}: expected {'/'.join(IMAGE_EXTENSIONS)} files"
+                              + (f" (it holds only sub-folders, e.g. {nested[-1]}: images are read from the class "
+                                 "folder itself, not from folders inside it)" if nested and nested[-1].startswith(cls + "/") else ""))
+        names.sort()
         paths += [cdir / n for n in names]
         labels += [label] * len(names)
+    if other or nested:
+        parts = ([f"{len(other)} file(s) that are not {'/'.join(IMAGE_EXTENSIONS)} images (e.g. {other[0]})"] if other else []) + \
+                ([f"{len(nested)} folder(s) inside class folders, with whatever they hold (e.g. {nested[0]}): "
+                  "images are read only directly from each class folder"] if nested else [])
+        warn(f"{split_dir}: skipped " + "; and ".join(parts))
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 

@@ -5,9 +5,9 @@ representation) and ``representation``; no model has a feature-extraction method
 """
 
 from . import cnn, hog, mlp, resnet  # noqa: F401  (fill the registry)
-from ._registry import MODELS, create_model, register_model
+from ._registry import MODELS, create_model, model_defaults, register_model
 from .cnn import SmallCNN
 from .mlp import MLP
 from .resnet import PreActResNet18
 
-__all__ = ["MODELS", "create_model", "register_model", "SmallCNN", "MLP", "PreActResNet18"]
+__all__ = ["MODELS", "create_model", "model_defaults", "register_model", "SmallCNN", "MLP", "PreActResNet18"]

@@ -29,3 +29,17 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, in_s
         if not options:
             raise
         raise FlowKDError(f"model {name!r}: bad options {sorted(options)}: {e}") from None
+
+
+def model_defaults(name: str) -> dict:
+    """The input a registered model is built for by default (its factory's ``in_channels``/``in_size``
+    defaults, e.g. 1x8x8 for ``digits_cnn``); ``{}`` for a model from outside the zoo."""
+    import inspect
+
+    from .external import is_external
+
+    if is_external(name):
+        return {}
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: params[k].default for k in ("in_channels", "in_size")
+            if k in params and params[k].default is not inspect.Parameter.empty}

@@ -63,4 +63,5 @@ class PreActResNet18(nn.Module):
 
 @register_model("preact_resnet18")
 def preact_resnet18(in_channels=3, num_classes=10, in_size=32, width=1.0):
+    """PreAct ResNet-18 for 32x32 images (the paper's CIFAR-10 teacher): 4 stages of 2 blocks, 64-512 channels."""
     return PreActResNet18(in_channels, num_classes, width)
