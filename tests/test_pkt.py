@@ -12,12 +12,20 @@ EPS = 1e-6
 
 
 # ---- naive reference: plain Python loops over the N x N entries --------------------------------
-def ref_kernel(x, name):
+def ref_dist(a, b):
+    """Euclidean distance as the reference code takes it: sqrt(max(d^2, 0) + 1e-6)."""
+    return math.sqrt(max(sum((u - v) ** 2 for u, v in zip(a, b)), 0) + EPS)
+
+
+def ref_kernel_matrix(x, name, sigma=1.0):
+    """The (N, N) kernel matrix, entry by entry."""
     n = len(x)
     rows = [[0.0] * n for _ in range(n)]
-    if name == "adaptive_rbf":
+    if name == "adaptive_gaussian":  # 2 sigma^2 = mean off-diagonal squared distance
         d2s = [sum((a - b) ** 2 for a, b in zip(x[i], x[j])) for i in range(n) for j in range(n) if i != j]
         scale = sum(d2s) / len(d2s)
+    if name == "adaptive_rbf":  # sigma = mean of the N x N distance matrix, diagonal included (reference code)
+        sig = sum(ref_dist(x[i], x[j]) for i in range(n) for j in range(n)) / (n * n)
     for i in range(n):
         for j in range(n):
             a, b = x[i], x[j]
@@ -29,14 +37,22 @@ def ref_kernel(x, name):
             elif name == "student_t":
                 d2 = sum((u - v) ** 2 for u, v in zip(a, b))
                 rows[i][j] = 1 / (1 + math.sqrt(max(d2, 0) + EPS))
-            elif name == "rbf":
-                d2 = sum((u - v) ** 2 for u, v in zip(a, b))
-                rows[i][j] = math.exp(-d2 / 2)
+            elif name == "rbf":  # reference: exp(-d / sigma), sigma = 1 by default
+                rows[i][j] = math.exp(-ref_dist(a, b) / sigma)
             elif name == "adaptive_rbf":
+                rows[i][j] = math.exp(-ref_dist(a, b) / sig)
+            elif name == "gaussian":
+                d2 = sum((u - v) ** 2 for u, v in zip(a, b))
+                rows[i][j] = math.exp(-d2 / (2 * sigma * sigma))
+            elif name == "adaptive_gaussian":
                 d2 = sum((u - v) ** 2 for u, v in zip(a, b))
                 rows[i][j] = math.exp(-d2 / (scale + EPS))
+    return rows
+
+
+def ref_kernel(x, name):
     # conditional probabilities: each row divided by its sum, diagonal included
-    return [[v / sum(r) for v in r] for r in rows]
+    return [[v / sum(r) for v in r] for r in ref_kernel_matrix(x, name)]
 
 
 def ref_div(p, q, name, eps=EPS):
@@ -55,19 +71,84 @@ def ref_pkt(t, s, kernel, divergence):
     return sum(ref_div(ref_kernel(t, k), ref_kernel(s, k), divergence) for k in names)
 
 
+KERNELS = ["combined", "cosine", "student_t", "rbf", "adaptive_rbf", "gaussian", "adaptive_gaussian"]
+
+
 @pytest.fixture
 def feats():
     g = torch.Generator().manual_seed(0)
     return torch.randn(7, 5, generator=g), torch.randn(7, 3, generator=g) * 2  # Dt != Ds
 
 
-@pytest.mark.parametrize("kernel", ["combined", "cosine", "student_t", "rbf", "adaptive_rbf"])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("divergence", ["jeffreys", "kl"])
 def test_matches_naive_reference(feats, kernel, divergence):
     t, s = feats
     got = pkt_loss(t, s, kernel=kernel, divergence=divergence)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(ref_pkt(t, s, kernel, divergence), rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("name, opts", [("rbf", {}), ("rbf", {"sigma": 2.5}), ("adaptive_rbf", {}),
+                                         ("gaussian", {}), ("gaussian", {"sigma": 2.5}), ("adaptive_gaussian", {})])
+def test_kernel_matrices_match_naive_loops(feats, name, opts):
+    for x in feats:
+        got = flowkd.losses.KERNELS.get(name)(x.double(), **opts)
+        want = torch.tensor(ref_kernel_matrix(x.double().tolist(), name, **opts), dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_rbf_is_the_reference_exp_of_minus_distance_not_the_gaussian(feats):
+    """On these features the two definitions are far apart: the names must give the reference's values."""
+    x = feats[0].double()
+    d = torch.cdist(x, x)
+    for sigma in (1.0, 2.5):
+        rbf = flowkd.losses.rbf(x, sigma=sigma)
+        torch.testing.assert_close(rbf, torch.exp(-torch.sqrt(d * d + EPS) / sigma), rtol=1e-9, atol=1e-12)
+        gauss = flowkd.losses.gaussian(x, sigma=sigma)
+        off = ~torch.eye(len(x), dtype=torch.bool)
+        assert ((rbf - gauss).abs() / gauss)[off].min() > 0.05  # every off-diagonal entry differs by > 5 %
+    sigma = torch.sqrt(d * d + EPS).mean()  # the mean distance, diagonal included
+    torch.testing.assert_close(flowkd.losses.adaptive_rbf(x), torch.exp(-torch.sqrt(d * d + EPS) / sigma))
+    assert not torch.allclose(flowkd.losses.adaptive_rbf(x), flowkd.losses.adaptive_gaussian(x), rtol=0.05)
+
+
+def test_adaptive_bandwidths_are_held_constant_for_gradients(feats):
+    x = feats[1].double().requires_grad_()
+    w = torch.arange(49.0, dtype=torch.float64).view(7, 7)  # an asymmetric weighting of the entries
+
+    def dist():
+        return torch.sqrt(((x[:, None] - x[None]) ** 2).sum(-1) + EPS)
+
+    (g,) = torch.autograd.grad((flowkd.losses.adaptive_rbf(x) * w).sum(), x)
+    (want,) = torch.autograd.grad((torch.exp(-dist() / dist().detach().mean()) * w).sum(), x)
+    torch.testing.assert_close(g, want)
+    (g_full,) = torch.autograd.grad((torch.exp(-dist() / dist().mean()) * w).sum(), x)
+    assert not torch.allclose(g, g_full)  # the test can tell a detached sigma from a differentiated one
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("divergence", ["jeffreys", "kl"])
+def test_no_gradient_reaches_the_teacher(feats, kernel, divergence):
+    t = feats[0].clone().requires_grad_()
+    s = feats[1].clone().requires_grad_()
+    pkt_loss(t, s, kernel=kernel, divergence=divergence).backward()
+    assert t.grad is None
+    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    # through a computation that produced the teacher's features too (a teacher network's parameters)
+    w = torch.randn(5, 5, requires_grad=True)
+    flowkd.PKTLoss(kernel, divergence)(feats[0] @ w, feats[1].clone().requires_grad_()).backward()
+    assert w.grad is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_dtype_is_what_the_docstring_says(feats, kernel):
+    t, s = feats
+    assert pkt_loss(t, s, kernel=kernel).dtype == torch.float32
+    assert pkt_loss(t.bfloat16(), s.bfloat16(), kernel=kernel).dtype == torch.float32
+    want64 = torch.float64 if kernel == "combined" else torch.float32  # combined keeps float64, single kernels not
+    assert pkt_loss(t.double(), s.double(), kernel=kernel).dtype == want64
+    assert pkt_loss(t.double(), s, kernel=kernel).dtype == want64
 
 
 def test_zero_for_identical_and_positive_otherwise(feats):
@@ -102,7 +183,7 @@ def test_finite_loss_and_grads_for_duplicates_and_zero_rows(seed):
     s[3] = s[4]
     s[5] = 0.0
     s.requires_grad_(True)
-    for kernel in ["combined", "cosine", "student_t", "rbf", "adaptive_rbf"]:
+    for kernel in KERNELS:
         loss = pkt_loss(t, s, kernel=kernel)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(s.grad).all(), kernel

@@ -8,6 +8,9 @@ from flowkd import FlowKDError
 from flowkd.retrieval import evaluate
 
 LEVELS = [i / 10 for i in range(11)]
+# the reference evaluator's recall levels are np.arange(0, 1.01, 0.1): 0.1 * i, not i / 10 (they differ at
+# i = 3, 6, 7: 0.30000000000000004, 0.6000000000000001, 0.7000000000000001)
+REF_LEVELS = [0.1 * i for i in range(11)]
 
 
 def naive(q, ql, db, dl, metric, ks, legacy_batch=128):
@@ -36,9 +39,10 @@ def naive(q, ql, db, dl, metric, ks, legacy_batch=128):
         b = min(legacy_batch, nq - (i // legacy_batch) * legacy_batch)  # size of this query's reference batch
         leg = [max(prec[n:b]) if n < b - 1 else prec[n] for n in range(len(prec))]
         idx = [min(range(len(rec)), key=lambda n: (abs(rec[n] - lv), n)) for lv in LEVELS]
+        leg_idx = [min(range(len(rec)), key=lambda n: (abs(rec[n] - lv), n)) for lv in REF_LEVELS]
         curves.append([interp[j] for j in idx])
         aps.append(np.mean([interp[j] for j in idx]))
-        leg_aps.append(np.mean([leg[j] for j in idx]))
+        leg_aps.append(np.mean([leg[j] for j in leg_idx]))
         pks.append([prec[k - 1] for k in ks])
         leg_pks.append([leg[k - 1] for k in ks])
     return (100 * np.mean(aps), 100 * np.mean(leg_aps), 100 * np.mean(pks, 0), 100 * np.mean(leg_pks, 0),
@@ -72,6 +76,68 @@ def test_matches_naive(metric, integer):
     assert r["legacy"]["map"] == pytest.approx(lm, abs=1e-9)
     assert [r["legacy"]["precision_at"][k] for k in ks] == pytest.approx(list(lpk), abs=1e-9)
     assert r["legacy"]["map"] < r["map"]  # the legacy interpolation skips ranks >= B - 1
+
+
+def reference_evaluator(q, ql, db, dl, metric, ks, levels, batch=128):
+    """The reference evaluator's computation, step by step in numpy (independent of flowkd's code): queries in
+    batches of ``batch``; per batch, precision at every rank, then a running maximum from the right over
+    the columns ``batch - 2`` down to 0 only (its loop runs over the number of rows, not of ranks); recall at
+    every rank; each level read at the first rank whose recall is nearest it (argmin); the batch's mean AP
+    and mean precision curve weighted by its size. The ranking: float64 distances, stable sort."""
+    q, db, ql, dl = np.asarray(q, np.float64), np.asarray(db, np.float64), np.asarray(ql), np.asarray(dl)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        db = db / np.linalg.norm(db, axis=1, keepdims=True)
+        dist = -(q @ db.T)
+    else:
+        dist = ((q[:, None, :] - db[None, :, :]) ** 2).sum(-1)
+    n = len(db)
+    per_class = np.bincount(dl)
+    map_sum, curve_sum = 0.0, np.zeros(n)
+    for start in range(0, len(q), batch):
+        d, lab = dist[start:start + batch], ql[start:start + batch]
+        rel = (dl[np.argsort(d, axis=1, kind="stable")] == lab[:, None]).astype(np.int64)
+        prec = np.cumsum(rel, axis=1) / np.arange(1, n + 1)
+        for col in range(len(prec) - 2, -1, -1):
+            prec[:, col] = np.maximum(prec[:, col], prec[:, col + 1])
+        rec = np.cumsum(rel, axis=1) / per_class[lab][:, None].astype(np.float64)
+        at_levels = np.stack([prec[np.arange(len(prec)), np.argmin(np.abs(rec - lv), axis=1)] for lv in levels], 1)
+        map_sum += at_levels.mean(1).mean() * len(prec)
+        curve_sum += prec.mean(0) * len(prec)
+    return 100 * map_sum / len(q), [100 * curve_sum[k - 1] / len(q) for k in ks]
+
+
+def circle_data(per_class, nq, seed):
+    """Points on the unit circle with distinct, well-separated distances (database at angles j * delta, queries
+    at k * delta + delta / 3), so float32 and float64 rank them alike; ``per_class`` items of each of 10
+    classes, shuffled around the circle."""
+    rng = np.random.default_rng(seed)
+    n = 10 * per_class
+    delta = 2 * np.pi / n
+    dl = rng.permutation(np.repeat(np.arange(10), per_class))
+    k = rng.integers(0, n, nq)
+    ql = np.where(rng.random(nq) < 0.7, dl[k], rng.integers(0, 10, nq))  # mostly the class of the nearest item
+    ang_db, ang_q = np.arange(n) * delta, k * delta + delta / 3
+    db = np.stack([np.cos(ang_db), np.sin(ang_db)], 1)
+    q = np.stack([np.cos(ang_q), np.sin(ang_q)], 1)
+    return q, ql, db, dl
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("per_class", [15, 25])  # R = 5 (mod 10): recall levels 0.3 and 0.7 fall between two hits
+def test_legacy_is_the_reference_evaluator_in_the_tie_case(metric, per_class):
+    q, ql, db, dl = circle_data(per_class, nq=300, seed=per_class)  # 2 full reference batches and one of 44
+    d = -(q @ db.T) if metric == "cosine" else ((q[:, None] - db[None]) ** 2).sum(-1)
+    assert np.diff(np.sort(d, 1), axis=1).min() > 1e-5  # no near-ties: the ranking is unambiguous in float32
+    ks = (1, 10, 50, 100)
+    want_map, want_pk = reference_evaluator(q, ql, db, dl, metric, ks, np.arange(0, 1.01, 0.1))
+    r = evaluate(torch.from_numpy(q).float(), torch.from_numpy(ql), torch.from_numpy(db).float(),
+                 torch.from_numpy(dl), metric=metric, k=ks, legacy=True)
+    assert r["legacy"]["map"] == pytest.approx(want_map, rel=0, abs=1e-12)
+    assert [r["legacy"]["precision_at"][k] for k in ks] == pytest.approx(want_pk, rel=0, abs=1e-12)
+    # the case matters: levels i / 10 give another value on these data (flowkd's standard levels)
+    old_map, _ = reference_evaluator(q, ql, db, dl, metric, ks, [i / 10 for i in range(11)])
+    assert abs(old_map - want_map) > 1e-3
 
 
 def test_independent_of_batch_size():

@@ -74,7 +74,7 @@ class StageConfig:
     loss: str = "pkt"               # per-pair loss: pkt | kd | fitnet | at | sp (see flowkd.losses.baselines)
     loss_options: dict[str, Union[int, float, str]] = field(default_factory=dict)  # e.g. { temperature = 4.0 }
     # options of loss "pkt" (unset: its defaults combined / jeffreys / 1e-6)
-    kernel: str = ""                # combined | cosine | student_t | rbf | adaptive_rbf
+    kernel: str = ""                # combined | cosine | student_t | rbf | adaptive_rbf | gaussian | adaptive_gaussian
     divergence: str = ""            # jeffreys | kl
     log_eps: Union[float, None] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
     ce_weight: float = 0.0          # distill: add this x cross-entropy on labels

@@ -10,7 +10,12 @@ batches bounded in memory; the result does not depend on the batch size.
 interpolation (a running maximum from the right) covered only the first ``B - 1`` ranks of a batch of B
 queries, using precision within those first B ranks; elsewhere it kept the raw precision. That makes
 its values depend on the batch size and sit slightly below the standard mAP; its P@k is the
-interpolated precision at rank k under the same limit.
+interpolated precision at rank k under the same limit. Its recall levels are the reference's floats,
+``np.arange(0, 1.01, 0.1)`` (``LEGACY_LEVELS``: 0.30000000000000004, 0.6000000000000001, 0.7000000000000001
+where the standard levels are 0.3, 0.6, 0.7), and it reads each level at the first rank whose recall is
+nearest it, as the standard mAP does: with R = 5 (mod 10) relevant items, recall levels 0.3 and 0.7 lie
+exactly halfway between two hit counts in exact arithmetic, and the reference's slightly larger floats pick
+the later hit where the standard levels pick the earlier one.
 
 How it is computed: after ranking, everything is derived from the ranks of the relevant items alone
 (``P[b, m]`` = rank of the (m+1)-th hit of query b): precision only rises at a hit, so the interpolated
@@ -30,9 +35,12 @@ import torch.nn.functional as F
 
 from .errors import FlowKDError
 
-__all__ = ["evaluate", "LEVELS"]
+__all__ = ["evaluate", "LEVELS", "LEGACY_LEVELS"]
 
 LEVELS = torch.tensor([i / 10 for i in range(11)], dtype=torch.float64)
+# the reference evaluator's recall levels, float for float (passalis/pkth nn/retrieval_evaluation.py,
+# ``Database.recall_levels``): 0.1 * i, so 0.30000000000000004, 0.6000000000000001, 0.7000000000000001
+LEGACY_LEVELS = torch.from_numpy(np.arange(0, 1.01, 0.1)).to(torch.float64)
 
 
 def _rev_cummax(x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +152,7 @@ def evaluate(
         budget = 2**27 if device.type == "cuda" else 2**23
         batch_size = max(1, min(q.shape[0], budget // n))
     levels = LEVELS.to(device)
+    legacy_levels = LEGACY_LEVELS.to(device)
     kt = torch.tensor(ks, device=device)
     # per-query values, reduced once at the end so the result does not depend on the batch size
     curves, pks, leg_curves, leg_pks = [], [], [], []
@@ -176,7 +185,8 @@ def evaluate(
             # reference batches of ``legacy_batch`` queries; a batch of B interpolates only ranks < B - 1,
             # with the running maximum taken within the first B ranks
             bsize = torch.clamp(q.shape[0] - (qpos // legacy_batch) * legacy_batch, max=legacy_batch)
-            sel = torch.where(m >= 1, pos.gather(1, (m - 1).clamp_min(0)), torch.ones_like(m)) - 1  # 0-based rank
+            ml = _level_hits(relevant, legacy_levels)  # the reference's float levels (see the module docstring)
+            sel = torch.where(ml >= 1, pos.gather(1, (ml - 1).clamp_min(0)), torch.ones_like(ml)) - 1  # 0-based rank
             ranks0 = torch.cat([sel, (kt - 1)[None, :].expand(len(sel), -1)], 1)  # levels, then each k
             h = min(rmax, legacy_batch)
             hp, hprec = pos[:, None, :h], prec_hit[:, None, :h]
@@ -185,7 +195,7 @@ def evaluate(
             in_win = (hp >= (ranks0 + 1)[:, :, None]) & (hp <= bsize[:, None, None])
             win = torch.where(in_win, hprec, torch.zeros((), dtype=torch.float64, device=device)).amax(2)
             val = torch.where(ranks0 < (bsize[:, None] - 1), torch.maximum(raw, win), raw)
-            leg_curves.append(val[:, : len(levels)])
+            leg_curves.append(val[:, : len(legacy_levels)])
             leg_pks.append(val[:, len(levels):])
     if not curves:
         raise FlowKDError("no query has a relevant item in the database (do the label sets overlap?)")

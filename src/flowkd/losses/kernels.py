@@ -1,7 +1,14 @@
 """Similarity kernels over a batch of feature vectors, and their row-normalised probabilities.
 
-Every function takes a feature matrix ``x`` of shape (N, D) and returns an (N, N) matrix.
-Formulas follow METHOD.md §1; all arithmetic is done in float32 whatever the input dtype.
+Every function takes a feature matrix ``x`` of shape (N, D) and returns an (N, N) matrix, computed in
+``x``'s dtype (``pkt_loss`` decides the dtype: see its docstring). Formulas follow METHOD.md §1.
+
+``rbf`` and ``adaptive_rbf`` are the kernels of those names in the authors' reference PKT code
+(passalis/pkth, ``nn/pkt_transfer.py``, function ``prob_loss``; the same in passalis/probabilistic_kt): there
+they are exp(-d / sigma) of the Euclidean distance d = sqrt(max(d^2, 0) + 1e-6) (not of its square), with
+sigma a parameter defaulting to 1 for ``rbf`` and, for ``adaptive_rbf``, sigma = the mean of that distance
+matrix over all N^2 entries (diagonal included, where d = sqrt(1e-6)), detached from the graph. The Gaussian
+exp(-d^2 / (2 sigma^2)) lives under its own names, ``gaussian`` and ``adaptive_gaussian``.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import torch
 
 from ..registry import Registry
 
-__all__ = ["KERNELS", "cosine", "student_t", "rbf", "adaptive_rbf", "conditional", "EPS"]
+__all__ = ["KERNELS", "cosine", "student_t", "rbf", "adaptive_rbf", "gaussian", "adaptive_gaussian", "conditional",
+           "EPS"]
 
 EPS = 1e-6
 KERNELS: Registry = Registry("kernel")
@@ -38,15 +46,39 @@ def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return 1.0 / (1.0 + torch.sqrt(_sq_dists(x) + eps))
 
 
+def _dists(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Pairwise Euclidean distances sqrt(max(d^2, 0) + eps), as the reference code takes them (the diagonal is
+    sqrt(eps), and the gradient stays finite for duplicate rows)."""
+    return torch.sqrt(_sq_dists(x) + eps)
+
+
 @KERNELS.register("rbf")
-def rbf(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """exp(-||a - b||^2 / (2 sigma^2)) with a fixed bandwidth."""
-    return torch.exp(-_sq_dists(x) / (2.0 * sigma * sigma))
+def rbf(x: torch.Tensor, sigma: float = 1.0, eps: float = EPS) -> torch.Tensor:
+    """exp(-||a - b|| / sigma), the distance taken as sqrt(max(d^2, 0) + eps) and a fixed ``sigma`` (default 1):
+    the reference code's ``rbf`` kernel (see the module docstring)."""
+    return torch.exp(-_dists(x, eps) / sigma)
 
 
 @KERNELS.register("adaptive_rbf")
 def adaptive_rbf(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """RBF whose 2 sigma^2 is the batch's mean off-diagonal squared distance (held constant for gradients)."""
+    """exp(-||a - b|| / sigma) with sigma the mean of the batch's N x N distance matrix (diagonal included, as
+    in the reference code), held constant for gradients: the reference code's ``adaptive_rbf``."""
+    d = _dists(x, eps)
+    return torch.exp(-d / d.detach().mean())
+
+
+@KERNELS.register("gaussian")
+def gaussian(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """exp(-||a - b||^2 / (2 sigma^2)) with a fixed bandwidth (what flowkd's ``rbf`` computed before it was made
+    the reference's ``rbf``)."""
+    return torch.exp(-_sq_dists(x) / (2.0 * sigma * sigma))
+
+
+@KERNELS.register("adaptive_gaussian")
+def adaptive_gaussian(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Gaussian whose 2 sigma^2 is the batch's mean off-diagonal squared distance (held constant for gradients):
+    exp(-||a - b||^2 / (mean d^2 + eps)) (what flowkd's ``adaptive_rbf`` computed before it was made the
+    reference's)."""
     d2 = _sq_dists(x)
     n = x.shape[0]
     scale = d2.detach().sum() / max(n * n - n, 1)

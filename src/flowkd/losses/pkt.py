@@ -30,7 +30,11 @@ def pkt_loss(
 ) -> torch.Tensor:
     """PKT loss between teacher (N x Dt) and student (N x Ds) features; Dt and Ds may differ.
 
-    Computed in float32 with autocast off, so bf16/fp16 features give the same, finite loss.
+    The teacher is a fixed target: no gradient reaches ``teacher`` whatever the kernel. Computed with autocast
+    off, so bf16/fp16 features give the same, finite loss as their float32 values. The dtype: the
+    ``combined`` kernel (through :func:`pkt_pairs`) computes in float32, or in float64 when either input is
+    float64 (and returns that dtype); the single kernels (``cosine``, ``student_t``, ``rbf``, ...) always compute
+    in float32 and return float32, float64 inputs included.
     ``log_eps=None`` drops the epsilon inside the divergence's logs (the reference code's habit).
     """
     if kernel not in KERNEL_CHOICES:
@@ -43,7 +47,7 @@ def pkt_loss(
     if kernel == "combined" and divergence in BATCHED_DIVERGENCES:  # both kernels together, see pkt_pairs
         return pkt_pairs([teacher], [student], divergence, log_eps)[0]
     with torch.autocast(device_type=student.device.type, enabled=False):
-        t = _flat(teacher).float()
+        t = _flat(teacher).detach().float()
         s = _flat(student).float()
         total = s.new_zeros(())
         for name in KERNEL_CHOICES[kernel]:
