@@ -1,7 +1,7 @@
 """Similarity kernels over a batch of feature vectors, and their row-normalised probabilities.
 
 Every function takes a feature matrix ``x`` of shape (N, D) and returns an (N, N) matrix.
-Formulas follow METHOD.md §1; all arithmetic is done in float32 whatever the input dtype.
+Formulas follow docs/method.md §1; all arithmetic is done in float32 whatever the input dtype.
 """
 
 from __future__ import annotations
