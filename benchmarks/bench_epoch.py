@@ -1,6 +1,6 @@
 """Epoch time of each training stage: a plain DataLoader + eager fp32 loop vs flowkd's loop, same run.
 
-Stages (METHOD.md §3, CIFAR-10 shapes, batch 128): the student's information-flow epoch (4 pairs from the
+Stages (docs/method.md §3, CIFAR-10 shapes, batch 128): the student's information-flow epoch (4 pairs from the
 auxiliary "tiny" CNN), the auxiliary PKT epoch (ResNet-18 teacher, final representation), and the
 labels-only very-tiny epoch. The baseline decodes nothing either (the uint8 array is given) but augments
 and normalises per sample in a torch DataLoader on the CPU, as the reference code's transforms do; flowkd

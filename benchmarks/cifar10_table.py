@@ -1,4 +1,4 @@
-"""Collect CIFAR-10 run directories into results/cifar10.md|json, beside the paper's table (METHOD.md §5).
+"""Collect CIFAR-10 run directories into results/cifar10.md|json, beside the paper's table (docs/method.md §5).
 
     python benchmarks/cifar10_table.py runs/cifar10 [runs/cifar10_paper ...] --note "..."
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from _common import ROOT
 from flowkd.io import atomic_write_json, atomic_write_text
 
-# METHOD.md §5: cos mAP, euc mAP, P@100 (cosine, the reference evaluator's interpolated value)
+# docs/method.md §5: cos mAP, euc mAP, P@100 (cosine, the reference evaluator's interpolated value)
 PAPER = {
     "teacher": (90.47, 87.18, 92.26),
     "aux": (66.78, 62.12, 75.90),

@@ -1,6 +1,6 @@
 """Where the student's information-flow step spends its time: phases and the top operators.
 
-The step of stage C (METHOD.md §3): the auxiliary "tiny" CNN's forward (no grad) on the batch, the very tiny
+The step of stage C (docs/method.md §3): the auxiliary "tiny" CNN's forward (no grad) on the batch, the very tiny
 student's forward with 4 taps, the 4-pair PKT loss, backward, Adam. Each phase is timed with a device sync
 around it (this serialises GPU work a little, so the phase shares are what matters), then the same steps run
 under torch.profiler for the top operators by self time. Writes results/bench_profile_student[_cuda].json|md.

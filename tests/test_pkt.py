@@ -1,4 +1,4 @@
-"""PKT against an independent, loop-based reference of METHOD.md §1."""
+"""PKT against an independent, loop-based reference of docs/method.md §1."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The auxiliary teacher: the student's own architecture made wider (METHOD.md §3)."""
+"""The auxiliary teacher: the student's own architecture made wider (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retrieval evaluation as in the paper (METHOD.md §5): rank a database for every query, score the ranking.
+"""Retrieval evaluation as in the paper (docs/method.md §5): rank a database for every query, score the ranking.
 
 For each query: rank the database by distance (cosine or Euclidean; ties broken by database index),
 precision p(n) and recall r(n) at every rank n, interpolated precision p_i(n) = max_{n' >= n} p(n'),

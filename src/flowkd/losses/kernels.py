@@ -1,7 +1,7 @@
 """Similarity kernels over a batch of feature vectors, and their row-normalised probabilities.
 
 Every function takes a feature matrix ``x`` of shape (N, D) and returns an (N, N) matrix, computed in
-``x``'s dtype (``pkt_loss`` decides the dtype: see its docstring). Formulas follow METHOD.md §1.
+``x``'s dtype (``pkt_loss`` decides the dtype: see its docstring). Formulas follow docs/method.md §1.
 
 ``rbf`` and ``adaptive_rbf`` are the kernels of those names in the authors' reference PKT code
 (passalis/pkth, ``nn/pkt_transfer.py``, function ``prob_loss``; the same in passalis/probabilistic_kt): there

@@ -4,7 +4,7 @@ The stem is conv1 -> bn1 -> ReLU (the shared teacher checkpoint carries this ste
 pre-activates (BN -> ReLU -> conv) and its shortcut starts from the pre-activated input (identity or
 1x1 conv). This is the topology the shared teacher was trained with: its BN running statistics match
 the activations layer by layer, and it scores 92.2 % on the CIFAR-10 test set. The representation is the global-average-pooled 512-d vector fed to
-``linear``: tap ``"linear:input"``. Layer taps: ``layer1@4``, ``layer2@4``, ``layer3@2`` (METHOD.md §4).
+``linear``: tap ``"linear:input"``. Layer taps: ``layer1@4``, ``layer2@4``, ``layer3@2`` (docs/method.md §4).
 """
 
 from __future__ import annotations
