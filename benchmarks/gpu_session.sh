@@ -69,12 +69,12 @@ step profile 45 python3 benchmarks/profile_student.py --data "$WORK/data/cifar10
 # the whole paper pipeline (all stages, all evaluations), fast path on; whatever time is left
 rm -rf "$WORK/run"
 step pipeline 400 python3 -m flowkd run configs/cifar10_resnet18_to_verytiny.toml --out "$WORK/run" --no-progress \
-    --set device=$D --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
+    --set device=$D --set data.name=cifar10_jpg --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
     "${FAST[@]}" "${RUNSETS[@]}"
 if grep -q "^pipeline rc=[1-9]" "$OUT/steps.txt"; then  # the fast path failed: the same run without the graph
     rm -rf "$WORK/run"
     step pipeline_nograph 400 python3 -m flowkd run configs/cifar10_resnet18_to_verytiny.toml --out "$WORK/run" --no-progress \
-        --set device=$D --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
+        --set device=$D --set data.name=cifar10_jpg --set data.root="$WORK/data/cifar10" --set models.teacher.weights=$DEV/cifar10_preact_resnet18.pt \
         --set fast.amp=bf16 --set fast.channels_last=true "${RUNSETS[@]}"
 fi
 rm -rf "$WORK/run/checkpoints"

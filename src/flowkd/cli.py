@@ -1,4 +1,4 @@
-"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, models."""
+"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, data fetch, init, models."""
 
 from __future__ import annotations
 
@@ -183,6 +183,27 @@ def _models(args) -> int:
     return 0
 
 
+def _data_fetch(args) -> int:
+    from .data.fetch import fetch
+
+    t0 = time.perf_counter()
+    for name in args.names:
+        path = fetch(name, args.root, mirror=args.mirror or None, timeout=args.timeout,
+                     progress=not args.no_progress, log=print)
+        print(f"{name}: {path}")
+    print(f"done in {time.perf_counter() - t0:.1f} s; read with data.name = \"{args.names[-1]}\", "
+          f"data.root = \"{args.root}\"")
+    return 0
+
+
+def _init(args) -> int:
+    from .scaffold import write_config
+
+    write_config(args.out, data=args.data, teacher=args.teacher, student=args.student, root=args.root,
+                 epochs=args.epochs)
+    print(f"wrote {args.out}; run it with: flowkd run {args.out} --out runs/{Path(args.out).stem}")
+    return 0
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--in-size", type=int, default=None, help="input height = width (default: the model's own, else 32)")
     lay.add_argument("--num-classes", type=int, default=10)
     lay.set_defaults(fn=_layers)
+
+    da = sub.add_parser("data", help="datasets: `data fetch NAME --root DIR` downloads an official release")
+    dsub = da.add_subparsers(dest="data_cmd", required=True)
+    df = dsub.add_parser("fetch", help="download, verify (MD5) and extract cifar10 / cifar100 / stl10 under --root")
+    df.add_argument("names", nargs="+", choices=["cifar10", "cifar100", "stl10"], metavar="NAME",
+                    help="cifar10, cifar100 or stl10")
+    df.add_argument("--root", required=True, help="where the dataset folder goes (data.root of a config)")
+    df.add_argument("--mirror", default="", help="a base address holding the same archive files "
+                                                  "(default: $FLOWKD_DATA_MIRROR, else the official address)")
+    df.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up")
+    df.add_argument("--no-progress", action="store_true")
+    df.set_defaults(fn=_data_fetch)
+
+    it = sub.add_parser("init", help="write a commented, runnable pipeline config for your data and models")
+    it.add_argument("--data", required=True, help="an image folder (FOLDER/{train,test}/<class>/*.png|jpg) or a "
+                                                   "dataset name: cifar10, cifar100, stl10 (fetched), digits")
+    it.add_argument("--teacher", required=True, help="ARCH or ARCH@WEIGHTS: a zoo name, timm:NAME, torchvision:NAME, "
+                                                      "py:MODULE:FACTORY, fn:MODULE:FUNCTION; @WEIGHTS = its trained "
+                                                      "state_dict (without it a stage trains the teacher first)")
+    it.add_argument("--student", required=True, help="ARCH (as for --teacher): the network to distil into")
+    it.add_argument("--out", required=True, help="the config file to write (never overwritten)")
+    it.add_argument("--root", default="data", help="data.root for a dataset name (default: data)")
+    it.add_argument("--epochs", type=int, default=0, help="every stage one phase of this many epochs "
+                                                          "(default: the paper's schedule)")
+    it.set_defaults(fn=_init)
 
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(fn=_models)

@@ -41,6 +41,7 @@ class DataConfig:
     test_fraction: float = 0.25     # digits only: held-out share, stratified
     train_subset: int = 0           # >0: keep this many training images (seeded, stratified) for quick runs
     test_subset: int = 0            # >0: likewise for the test split
+    download: bool = False          # cifar10 | cifar100 | stl10: fetch the official archive into root when missing
 
 
 @dataclass

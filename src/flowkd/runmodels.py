@@ -51,7 +51,7 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
     d = cfg.data
     options = {k: v for k, v in asdict(d).items() if k not in ("batch_size", "eval_batch_size", "augment",
                                                                  "train_subset", "test_subset")}
-    train_set, test_set = load_split(seed=cfg.seed, **options)
+    train_set, test_set = load_split(seed=cfg.seed, progress=cfg.progress, **options)
     return stratified_subset(train_set, d.train_subset, cfg.seed), stratified_subset(test_set, d.test_subset, cfg.seed + 1)
 
 

@@ -34,14 +34,19 @@ def stratified_index(data: ArrayDataset, n: int, seed: int) -> list[int]:
 
 
 def load_split(name: str, root: str = "", *, seed: int = 0, cache_dir: str = "", test_fraction: float = 0.25,
-               **unused) -> tuple[ArrayDataset, ArrayDataset]:
+               download: bool = False, progress: bool = True, **unused) -> tuple[ArrayDataset, ArrayDataset]:
     """The (train, test) datasets of ``name``: ``digits`` (embedded; a seeded stratified ``test_fraction``
-    held out) or a dataset folder under ``root`` (see ``flowkd.data.readers``)."""
+    held out) or a dataset folder under ``root`` (see ``flowkd.data.readers``; ``download``: fetch a
+    fetchable dataset first when it is missing, see ``flowkd.data.fetch``)."""
     if name == "digits":
         from .digits import load_digits
         return load_digits(test_fraction, seed)
     from .readers import load_dataset
     if not root:
         raise FlowKDError(f"data.root is required for dataset {name!r}")
+    if download:  # the fetchable datasets (flowkd.data.fetch.ARCHIVES); others are read as they are
+        from .fetch import ARCHIVES, ensure
+        if name in ARCHIVES:
+            ensure(name, root, progress=progress)
     opts = {"cache_dir": cache_dir} if cache_dir else {}
     return load_dataset(name, root, **opts)
