@@ -1,4 +1,4 @@
-"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, models."""
+"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, models, export."""
 
 from __future__ import annotations
 
@@ -166,6 +166,20 @@ def _layers(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_run
+
+    fmt = args.format
+    rep = export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
+                     tap=args.tap or None, input_dtype=args.input, queries=args.queries, database=args.database,
+                     atol=args.atol, rtol=args.rtol)
+    if args.int8:
+        from .quantize import quantize_run_export
+
+        quantize_run_export(args.run_dir, args.model, rep, calibration=args.calibration)
+    return 0
+
+
 def _models(args) -> int:
     from .models import MODELS
 
@@ -247,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--in-size", type=int, default=32)
     lay.add_argument("--num-classes", type=int, default=10)
     lay.set_defaults(fn=_layers)
+
+    ex = sub.add_parser("export", help="export a run's model (ONNX / TorchScript / safetensors), checked with its runtime")
+    ex.add_argument("run_dir")
+    ex.add_argument("--model", required=True, help="a model of the run's config (the weights of the last stage that trained it)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default=None,
+                    help="default: from the --out suffix (.onnx, .pt, .safetensors)")
+    ex.add_argument("--out", required=True, help="the file to write (its metadata goes to <out>.json)")
+    ex.add_argument("--logits", action="store_true", help="output the model's logits instead of its representation")
+    ex.add_argument("--tap", default="", help="representation tap (default: the config's / the model's own)")
+    ex.add_argument("--input", choices=["uint8", "float32"], default="uint8",
+                    help="input dtype of the exported graph: raw pixels in [0, 255] either way (normalisation is baked in)")
+    ex.add_argument("--queries", type=int, default=500, help="held-out test images of the check (queries)")
+    ex.add_argument("--database", type=int, default=2000, help="training images of the check (database)")
+    ex.add_argument("--atol", type=float, default=1e-4)
+    ex.add_argument("--rtol", type=float, default=1e-4, help="tolerance: atol + rtol x max |PyTorch output|")
+    ex.add_argument("--int8", action="store_true", help="ONNX only: also write an int8 model (static quantisation, "
+                                                        "calibrated on training images) next to it")
+    ex.add_argument("--calibration", type=int, default=512, help="training images used to calibrate --int8")
+    ex.set_defaults(fn=_export)
 
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(fn=_models)
