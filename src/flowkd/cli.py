@@ -51,15 +51,23 @@ def _demo(args) -> int:
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0
     print(f"\nflowkd demo — {cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
+    from .report import COST_NOTE, compression_summary, cost_cells, cost_header
+
+    with_cost = any(res["models"][key].get("cost") for key, _ in DEMO_ROWS)
     head = f"{'model':<40} {'params':>7} {'cos mAP':>8} {'euc mAP':>8} {'P@10':>6} {'NCM acc':>8} {'head acc':>8}"
+    head += "".join(f" {c:>10}" for c in cost_header()) if with_cost else ""
     print(head)
     print("-" * len(head))
     for key, label in DEMO_ROWS:
         r = res["models"][key]
         acc = r.get("head_acc")
         print(f"{label:<40} {r['params']:>7,} {r['cosine']['map']:>8.2f} {r['euclidean']['map']:>8.2f} "
-              f"{r['cosine']['precision_at'][10]:>6.2f} {r['ncm_acc']:>8.2f} {'—' if acc is None else f'{acc:.2f}':>8}")
+              f"{r['cosine']['precision_at'][10]:>6.2f} {r['ncm_acc']:>8.2f} {'—' if acc is None else f'{acc:.2f}':>8}"
+              + ("".join(f" {c:>10}" for c in cost_cells(r.get("cost"))) if with_cost else ""))
     print("\nmAP and P@10 in %, test images as queries against the training set; NCM = nearest-class-mean probe.")
+    if with_cost:
+        print(COST_NOTE)
+        print("\n".join(compression_summary(res)))
     print(f"total time: {wall:.1f} s   (run directory: {out})")
     return 0
 
@@ -170,13 +178,9 @@ def _export(args) -> int:
     from .export import export_run
 
     fmt = args.format
-    rep = export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
+    export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
                      tap=args.tap or None, input_dtype=args.input, queries=args.queries, database=args.database,
-                     atol=args.atol, rtol=args.rtol)
-    if args.int8:
-        from .quantize import quantize_run_export
-
-        quantize_run_export(args.run_dir, args.model, rep, calibration=args.calibration)
+                     atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration)
     return 0
 
 

@@ -450,12 +450,14 @@ def resolve_arch(models: dict, name: str, seen=()) -> tuple[str, float]:
 
 def export_run(run_dir, model_name: str, path, *, format: str | None = None, output: str = "representation",
                tap: str | None = None, input_dtype: str = "uint8", queries: int = 500, database: int = 2000,
-               log=print, **kw) -> dict:
+               int8: bool = False, calibration: int = 512, log=print, **kw) -> dict:
     """Export model ``model_name`` of a run directory with the weights of the last stage that trained it.
 
     The model is rebuilt from the run's ``config.json`` (arch, width, options; ``auxiliary_of`` resolved),
     the training set's mean/std are baked in, and the check uses a stratified held-out sample of
-    ``queries`` test images against ``database`` training images of the run's data.
+    ``queries`` test images against ``database`` training images of the run's data. ``int8`` (ONNX only):
+    also ``<stem>.int8.onnx``, statically quantised, calibrated on ``calibration`` training images (other
+    than the check's database sample), with its latency and mAP change (flowkd.quantize).
     """
     from .config import config_from_dict
     from .data.load import load_data, stratified_index
@@ -473,6 +475,9 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     m = models[model_name]
     if m.get("features"):
         raise FlowKDError(f"model {model_name!r} is precomputed features ({m['features']}), not a network")
+    fmt = (format or _format_of(str(path))).lower()
+    if int8 and fmt != "onnx":
+        raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
     if input_dtype not in ("uint8", "float32"):
         raise FlowKDError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
     arch, width = resolve_arch(models, model_name)
@@ -515,5 +520,18 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
 
     log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or _format_of(str(path))}, "
         f"output {tap if output == 'representation' else 'logits'}")
-    return export(model, example, path, format=format, output=output, tap=tap,
-                  normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log, **kw)
+    rep = export(model, example, path, format=format, output=output, tap=tap,
+                 normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log, **kw)
+    if int8:
+        from .io import atomic_write_json
+        from .quantize import quantize_onnx
+
+        picked = set(stratified_index(train_set, database, cfg.seed + 12))
+        rest = [i for i in range(len(train_set)) if i not in picked] or list(range(len(train_set)))
+        calib = train_set.subset(rest).subset(stratified_index(train_set.subset(rest), calibration, cfg.seed + 13))
+        images = calib.images if input_dtype == "uint8" else calib.images.float()
+        qpath = Path(path).with_name(Path(path).stem + ".int8.onnx")
+        rep["int8"] = quantize_onnx(path, qpath, images, check=(q, db), log=log)
+        atomic_write_json(qpath.with_name(qpath.name + ".json"), {**{k: v for k, v in rep.items() if k not in (
+            "path", "metadata_path", "bytes", "int8", "check")}, "format": "onnx (int8, QDQ, static)", "int8": rep["int8"]})
+    return rep
