@@ -180,12 +180,15 @@ def _write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | No
 def _write_torchscript(encoder, example, tmp: str, meta: dict) -> None:
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript; it still works
             warnings.simplefilter("error", torch.jit.TracerWarning)  # a trace that may be wrong is refused
             traced = torch.jit.trace(encoder, (example,), check_trace=False)
     except torch.jit.TracerWarning as w:
         raise FlowKDError(f"cannot export {type(encoder.model).__name__} as TorchScript: "
                           f"{' '.join(str(w).split())[:200]}") from None
-    torch.jit.save(traced, tmp, _extra_files={"flowkd.json": json.dumps(meta)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(traced, tmp, _extra_files={"flowkd.json": json.dumps(meta)})
 
 
 def _write_safetensors(model: nn.Module, tmp: str, meta: dict) -> None:
@@ -217,7 +220,9 @@ def load_exported(path, fmt: str | None = None, *, fresh: Callable[[], nn.Module
             return torch.from_numpy(sess.run(None, {name: arr})[0])
         return run
     if fmt == "torchscript":
-        mod = torch.jit.load(path, map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mod = torch.jit.load(path, map_location="cpu").eval()
 
         def run(x):
             with torch.no_grad():
