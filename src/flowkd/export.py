@@ -383,7 +383,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
         parse_tap(tap)
     else:
         tap = None
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
     mean, std = normalize if normalize is not None else (None, None)
     encoder = ImageEncoder(model, tap, mean, std).eval()
     meta = {
