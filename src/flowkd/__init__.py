@@ -6,7 +6,9 @@ Passalis, Tzelepi & Tefas, "Heterogeneous Knowledge Distillation using Informati
 from .auxiliary import make_auxiliary
 from .config import Config, load_config
 from .data import ArrayDataset, Loader
+from .cost import model_cost
 from .errors import FlowKDError
+from .export import export, export_run
 from .features import FeatureBank, compute_features, load_features, save_features
 from .flow import InformationFlowLoss
 from .loop import train
@@ -24,5 +26,5 @@ __all__ = [
     "make_auxiliary", "create_model", "train", "Step", "EpochValue", "SupervisedStep", "DistillStep",
     "ArrayDataset", "Loader",
     "Pipeline", "Config", "load_config", "FlowKDError", "FeatureBank", "load_features", "save_features",
-    "compute_features", "__version__",
+    "compute_features", "export", "export_run", "model_cost", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, data fetch, init, models."""
+"""The ``flowkd`` command line: run, demo, eval, compare, flow, features, layers, data fetch, init, export, models."""
 
 from __future__ import annotations
 
@@ -51,15 +51,23 @@ def _demo(args) -> int:
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0
     print(f"\nflowkd demo — {cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
+    from .report import COST_NOTE, compression_summary, cost_cells, cost_header
+
+    with_cost = any(res["models"][key].get("cost") for key, _ in DEMO_ROWS)
     head = f"{'model':<40} {'params':>7} {'cos mAP':>8} {'euc mAP':>8} {'P@10':>6} {'NCM acc':>8} {'head acc':>8}"
+    head += "".join(f" {c:>10}" for c in cost_header()) if with_cost else ""
     print(head)
     print("-" * len(head))
     for key, label in DEMO_ROWS:
         r = res["models"][key]
         acc = r.get("head_acc")
         print(f"{label:<40} {r['params']:>7,} {r['cosine']['map']:>8.2f} {r['euclidean']['map']:>8.2f} "
-              f"{r['cosine']['precision_at'][10]:>6.2f} {r['ncm_acc']:>8.2f} {'—' if acc is None else f'{acc:.2f}':>8}")
+              f"{r['cosine']['precision_at'][10]:>6.2f} {r['ncm_acc']:>8.2f} {'—' if acc is None else f'{acc:.2f}':>8}"
+              + ("".join(f" {c:>10}" for c in cost_cells(r.get("cost"))) if with_cost else ""))
     print("\nmAP and P@10 in %, test images as queries against the training set; NCM = nearest-class-mean probe.")
+    if with_cost:
+        print(COST_NOTE)
+        print("\n".join(compression_summary(res)))
     print(f"total time: {wall:.1f} s   (run directory: {out})")
     return 0
 
@@ -171,6 +179,16 @@ def _layers(args) -> int:
     rep = default_representation(model)
     print(f"representation: {rep or '(none found: set models.X.representation)'}"
           + ("" if hasattr(model, "representation") or not rep else "  (default: the last linear layer's input)"))
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_run
+
+    fmt = args.format
+    export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
+                     tap=args.tap or None, input_dtype=args.input, queries=args.queries, database=args.database,
+                     atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration)
     return 0
 
 
@@ -299,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--epochs", type=int, default=0, help="every stage one phase of this many epochs "
                                                           "(default: the paper's schedule)")
     it.set_defaults(fn=_init)
+
+    ex = sub.add_parser("export", help="export a run's model (ONNX / TorchScript / safetensors), checked with its runtime")
+    ex.add_argument("run_dir")
+    ex.add_argument("--model", required=True, help="a model of the run's config (the weights of the last stage that trained it)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], default=None,
+                    help="default: from the --out suffix (.onnx, .pt, .safetensors)")
+    ex.add_argument("--out", required=True, help="the file to write (its metadata goes to <out>.json)")
+    ex.add_argument("--logits", action="store_true", help="output the model's logits instead of its representation")
+    ex.add_argument("--tap", default="", help="representation tap (default: the config's / the model's own)")
+    ex.add_argument("--input", choices=["uint8", "float32"], default="uint8",
+                    help="input dtype of the exported graph: raw pixels in [0, 255] either way (normalisation is baked in)")
+    ex.add_argument("--queries", type=int, default=500, help="held-out test images of the check (queries)")
+    ex.add_argument("--database", type=int, default=2000, help="training images of the check (database)")
+    ex.add_argument("--atol", type=float, default=1e-4)
+    ex.add_argument("--rtol", type=float, default=1e-4, help="tolerance: atol + rtol x max |PyTorch output|")
+    ex.add_argument("--int8", action="store_true", help="ONNX only: also write an int8 model (static quantisation, "
+                                                        "calibrated on training images) next to it")
+    ex.add_argument("--calibration", type=int, default=512, help="training images used to calibrate --int8")
+    ex.set_defaults(fn=_export)
 
     m = sub.add_parser("models", help="list the registered models")
     m.set_defaults(fn=_models)

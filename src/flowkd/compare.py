@@ -11,6 +11,7 @@ from .config import load_config
 from .errors import FlowKDError
 from .io import atomic_write_json, atomic_write_text
 from .pipeline import Pipeline
+from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
 __all__ = ["compare", "aggregate", "compare_table"]
 
@@ -34,6 +35,8 @@ def aggregate(per_seed: list[dict]) -> dict:
     out = {}
     for name, first in per_seed[0]["models"].items():
         row = {"label": first.get("label", name), "params": first["params"]}
+        if first.get("cost"):  # MACs / params / size are the same for every seed; latency: the first seed's run
+            row["cost"] = first["cost"]
         for col, path in COLUMNS:
             vals = [_get(r["models"][name], path) for r in per_seed]
             vals = [v for v in vals if v is not None]
@@ -46,13 +49,21 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float) -> str:
     cols = [c for c, _ in COLUMNS if any(c in r for r in agg.values())]
+    with_cost = any(r.get("cost") for r in agg.values())
+    head = cols + (cost_header() if with_cost else [])
     lines = [f"# {title}", "", f"seeds: {list(seeds)}; machine: {machine.get('gpu') or machine.get('device')}, "
              f"torch {machine.get('torch')}, {machine.get('cpu_threads')} CPU threads; total wall time {wall:.0f} s",
-             "", "| model | params | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+             "", "| model | params | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
     for name, r in agg.items():
         cells = [f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}" if c in r else "—" for c in cols]
+        cells += cost_cells(r.get("cost")) if with_cost else []
         lines.append(f"| {r['label']} | {r['params']:,} | " + " | ".join(cells) + " |")
     lines += ["", "mAP / P@k in %, last epoch of every stage (no best-epoch picking); mean ± sample std over seeds."]
+    if with_cost:
+        lines += ["", COST_NOTE + " Cost of the first seed's models."]
+        means = {"models": {n: {"label": r["label"], "cost": r.get("cost"),
+                                "cosine": {"map": r["cos mAP"]["mean"]} if "cos mAP" in r else {}} for n, r in agg.items()}}
+        lines += [f"- {s}" for s in compression_summary(means)]
     return "\n".join(lines) + "\n"
 
 

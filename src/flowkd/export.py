@@ -1,0 +1,543 @@
+"""Ship a model: ONNX, TorchScript or safetensors, checked after writing by loading it back with its runtime.
+
+``export(model, example, path)`` wraps the model in :class:`ImageEncoder` — raw images in, the representation
+tap (or the logits) out — and writes it with a dynamic batch dimension. With ``normalize=(mean, std)`` (the
+training set's per-channel statistics in [0, 1] units, as :class:`flowkd.ArrayDataset` holds them) the
+normalisation is **baked into the graph**: the exported model takes raw images, uint8 or float in [0, 255],
+exactly the pixels flowkd's datasets hold. The same constants, the tap and the input layout are also written
+**beside** the file, in ``<path>.json``, and inside it (ONNX metadata, a TorchScript extra file, safetensors
+metadata).
+
+After writing to a temp file next to ``path``, the file is loaded back with its own runtime (ONNX Runtime,
+``torch.jit.load``, or safetensors into a fresh model), its outputs are compared with flowkd's own path
+(``ArrayDataset.normalize`` + the model + the tap's hook) on real images, and retrieval mAP on a held-out
+sample must be unchanged to ``map_tol``; only then is the temp file renamed into place. A failure leaves no
+file. ``export_run`` does the same for a model of a run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import traceback
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FlowKDError
+from .taps import Taps, default_representation, parse_tap
+
+__all__ = ["export", "export_run", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported", "resolve_arch"]
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+EXTRA = 'pip install "flowkd[export]"'
+
+
+def onnx_modules(purpose: str = "ONNX export"):
+    """``(onnx, onnxruntime)``, imported on first use (the optional ``[export]`` extra)."""
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as e:
+        raise FlowKDError(f"{purpose} needs onnx, onnxruntime and onnxscript ({e.name} is missing): {EXTRA}") from None
+    return onnx, onnxruntime
+
+
+class ImageEncoder(nn.Module):
+    """``images -> representation`` (or logits): what gets exported.
+
+    ``forward`` casts the input to float32; with ``mean``/``std`` it then normalises raw pixels in [0, 255]
+    exactly as ``ArrayDataset.normalize`` does (``(x / 255 - mean) / std``), runs the model, and returns the
+    output of the tap (read by a forward hook, by module name: the model itself is not changed) or the
+    model's own output.
+    """
+
+    def __init__(self, model: nn.Module, tap: str | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
+        super().__init__()
+        self.model = model
+        self.tap = tap
+        self.normalizes = mean is not None
+        if (mean is None) != (std is None):
+            raise FlowKDError("normalize needs both mean and std")
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor([float(v) for v in std]).view(1, -1, 1, 1))
+        self._taps = Taps(model, [tap]) if tap else None  # not a submodule: only its hooks on the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if self.normalizes:
+            x = (x / 255.0 - self.mean) / self.std
+        if self._taps is None:
+            return self.model(x)
+        return self._taps(x)[1][self.tap]
+
+    def remove(self) -> None:
+        if self._taps is not None:
+            self._taps.remove()
+
+
+# ---- tracing -----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """torch.export / the ONNX exporter log graphs and progress: keep them off the user's terminal."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(("torch", "onnx"))]
+    loggers.append(logging.getLogger("torch"))
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _user_frame(exc: BaseException, model: nn.Module) -> str:
+    """``file:line `code``` of the deepest traceback frame outside torch and flowkd (the user's forward)."""
+    import flowkd
+
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(flowkd.__file__), os.path.dirname(contextlib.__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {os.path.basename(f.filename)}:{f.lineno} `{(f.line or '').strip()}`"
+
+
+def _untraceable(exc: BaseException, model: nn.Module) -> FlowKDError:
+    msg = " ".join(str(exc).split())
+    name = type(exc).__name__
+    if "GuardOnDataDependent" in name or "data-dependent" in msg:
+        what = "data-dependent Python control flow or a tensor turned into a Python number (.item(), int(), bool(), if on a tensor)"
+    elif ".numpy()" in msg or "numpy" in msg.lower():
+        what = "a tensor converted to NumPy (.numpy())"
+    elif ".tolist()" in msg:
+        what = "a tensor converted to a Python list (.tolist())"
+    else:
+        what = f"an operation torch.export cannot trace ({name})"
+    detail = msg.split(" (unhinted")[0].split(" For more information")[0][:160]
+    return FlowKDError(f"cannot export {type(model).__name__}: its forward uses {what}{_user_frame(exc, model)}; "
+                       f"torch.export: {detail}")
+
+
+def _trace(encoder: ImageEncoder, example: torch.Tensor):
+    """torch.export of the encoder with a dynamic batch dimension: the one gate for every traced format (it
+    refuses data-dependent control flow that ``torch.jit.trace`` would silently bake in)."""
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with _quiet_torch():
+            return torch.export.export(encoder, (example,), dynamic_shapes={"x": {0: batch}}, strict=False)
+    except FlowKDError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many types here
+        raise _untraceable(e, encoder.model) from None
+
+
+# ---- writers ---------------------------------------------------------------------------------------
+
+def _write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | None) -> None:
+    onnx, _ = onnx_modules()
+    out_name = "embedding" if encoder.tap else "output"
+    try:
+        with _quiet_torch():
+            prog = torch.onnx.export(program, (example,), dynamo=True, input_names=["images"],
+                                     output_names=[out_name], opset_version=opset, verbose=False)
+            prog.save(tmp)
+    except Exception as e:  # noqa: BLE001
+        raise FlowKDError(f"ONNX export of {type(encoder.model).__name__} failed: {' '.join(str(e).split())[:300]}") from None
+    m = onnx.load(tmp)
+    dims = {v.type.tensor_type.shape.dim[0].dim_param for v in [*m.graph.input, *m.graph.output]}
+    dims.discard("")
+    for v in [*m.graph.input, *m.graph.output, *m.graph.value_info]:  # name the batch dimension "batch"
+        shape = v.type.tensor_type.shape
+        for d in shape.dim:
+            if d.dim_param in dims:
+                d.dim_param = "batch"
+    del m.metadata_props[:]
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "flowkd", json.dumps(meta)
+    onnx.checker.check_model(m)
+    onnx.save(m, tmp)
+
+
+def _write_torchscript(encoder, example, tmp: str, meta: dict) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript; it still works
+            warnings.simplefilter("error", torch.jit.TracerWarning)  # a trace that may be wrong is refused
+            traced = torch.jit.trace(encoder, (example,), check_trace=False)
+    except torch.jit.TracerWarning as w:
+        raise FlowKDError(f"cannot export {type(encoder.model).__name__} as TorchScript: "
+                          f"{' '.join(str(w).split())[:200]}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(traced, tmp, _extra_files={"flowkd.json": json.dumps(meta)})
+
+
+def _write_safetensors(model: nn.Module, tmp: str, meta: dict) -> None:
+    from .io import safetensors_torch
+
+    st = safetensors_torch("safetensors export")
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    st.save_file(state, tmp, metadata={"flowkd": json.dumps(meta)})
+
+
+# ---- readers ---------------------------------------------------------------------------------------
+
+def load_exported(path, fmt: str | None = None, *, fresh: Callable[[], nn.Module] | None = None) -> Callable:
+    """A function ``images (N, C, H, W) tensor -> output tensor`` running the exported file with its runtime.
+
+    ONNX: ONNX Runtime (CPU); TorchScript: ``torch.jit.load``; safetensors: the weights loaded (strict keys)
+    into ``fresh()``, a newly built model, wrapped as the metadata says (tap, normalisation).
+    """
+    path = str(path)
+    fmt = fmt or _format_of(path)
+    if fmt == "onnx":
+        _, ort = onnx_modules("running an ONNX model")
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name, dtype = sess.get_inputs()[0].name, sess.get_inputs()[0].type
+
+        def run(x):
+            arr = x.detach().cpu().numpy()
+            arr = arr.astype(np.uint8 if dtype == "tensor(uint8)" else np.float32, copy=False)
+            return torch.from_numpy(sess.run(None, {name: arr})[0])
+        return run
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mod = torch.jit.load(path, map_location="cpu").eval()
+
+        def run(x):
+            with torch.no_grad():
+                return mod(x.cpu())
+        return run
+    if fmt == "safetensors":
+        from .io import safetensors_torch
+
+        st = safetensors_torch("reading a safetensors export")
+        with st.safe_open(path, "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("flowkd", "{}"))
+        if fresh is None:
+            raise FlowKDError(f"{path}: a safetensors export holds weights only: give a function that builds the model")
+        model = fresh()
+        try:
+            model.load_state_dict(st.load_file(path, device="cpu"), strict=True)
+        except RuntimeError as e:
+            raise FlowKDError(f"{path} does not fit the model: {' '.join(str(e).split())[:200]}") from None
+        norm = meta.get("normalization") or {}
+        enc = ImageEncoder(model.eval(), meta.get("output", {}).get("tap"), norm.get("mean"), norm.get("std")).eval()
+
+        def run(x):
+            with torch.no_grad():
+                return enc(x.cpu())
+        return run
+    raise FlowKDError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def _format_of(path: str) -> str:
+    for fmt, suf in SUFFIXES.items():
+        if path.endswith(suf):
+            return fmt
+    raise FlowKDError(f"cannot tell the format of {path}: name it *.onnx, *.pt or *.safetensors, or give format=")
+
+
+# ---- checking ----------------------------------------------------------------------------------------
+
+def _batched(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + batch]).float() for i in range(0, len(x), batch)]) if len(x) else x
+
+
+@torch.no_grad()
+def _reference(model: nn.Module, tap: str | None, data) -> torch.Tensor:
+    """flowkd's own path: the dataset's normalisation, the model, the tap's hook (flowkd.evaluation.extract)."""
+    from .evaluation import extract
+
+    feats, outs = extract(model, data, tap or default_representation(model) or _first_leaf(model), 256)
+    return (feats if tap else outs).cpu()
+
+
+def _first_leaf(model: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if n and not list(m.children()))
+
+
+def _check(run, encoder: ImageEncoder, model: nn.Module, example: torch.Tensor, check, atol: float, rtol: float,
+           map_tol: float, batch: int, log) -> dict:
+    """Outputs of the exported file vs PyTorch on real images (max abs difference), then retrieval mAP."""
+    from . import retrieval
+
+    report: dict = {}
+    if check is None:  # no dataset: compare on the example batch through the encoder in PyTorch
+        with torch.no_grad():
+            ref = encoder(example).float()
+        got = run(example).float()
+        sets = {"example": (ref, got)}
+    else:
+        queries, database = check
+        sets = {}
+        for what, data in (("queries", queries), ("database", database)):
+            raw = data.images.cpu() if encoder.normalizes else data.normalize(data.images).cpu()
+            sets[what] = (_reference(model, encoder.tap, data), _batched(run, raw, batch))
+    worst = 0.0
+    for what, (ref, got) in sets.items():
+        if ref.shape != got.shape:
+            raise FlowKDError(f"export check: the exported model gives shape {tuple(got.shape)} on the {what}, "
+                              f"PyTorch {tuple(ref.shape)}")
+        diff = float((ref - got).abs().max()) if ref.numel() else 0.0
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        tol = atol + rtol * scale
+        worst = max(worst, diff)
+        if not np.isfinite(diff) or diff > tol:
+            raise FlowKDError(f"export check failed: max abs difference {diff:.3g} between the exported model and "
+                              f"PyTorch on {len(ref)} {what} images exceeds the tolerance {tol:.3g}")
+        report.setdefault("tolerance", tol)
+        report["tolerance"] = max(report["tolerance"], tol)
+    report["max_abs_diff"] = worst
+    report["images"] = sum(len(r) for r, _ in sets.values())
+    log(f"export check: max abs difference {worst:.3g} on {report['images']} images (tolerance {report['tolerance']:.3g})")
+    if check is not None:
+        queries, database = check
+        (qr, qg), (dr, dg) = sets["queries"], sets["database"]
+        report["map"] = {}
+        for metric in ("cosine", "euclidean"):
+            a = retrieval.evaluate(qr, queries.labels.cpu(), dr, database.labels.cpu(), metric=metric, k=())["map"]
+            b = retrieval.evaluate(qg, queries.labels.cpu(), dg, database.labels.cpu(), metric=metric, k=())["map"]
+            report["map"][metric] = {"pytorch": a, "exported": b}
+            if abs(a - b) > map_tol:
+                raise FlowKDError(f"export check failed: {metric} retrieval mAP {b:.4f} with the exported model vs "
+                                  f"{a:.4f} in PyTorch ({len(qr)} queries, {len(dr)} database images; tolerance {map_tol})")
+        log("export check: retrieval mAP " + ", ".join(
+            f"{m} {v['pytorch']:.2f} (PyTorch) / {v['exported']:.2f} (exported)" for m, v in report["map"].items())
+            + f" on {len(qr)} held-out queries x {len(dr)} database images")
+    return report
+
+
+# ---- the public entry points ---------------------------------------------------------------------------
+
+def _temp_in(folder: Path, name: str) -> str:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except PermissionError:
+        raise FlowKDError(f"cannot write in {folder}: permission denied") from None
+    except OSError as e:
+        raise FlowKDError(f"cannot write in {folder}: {e.strerror or e}") from None
+    os.close(fd)
+    return tmp
+
+
+def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None = None,
+           output: str = "representation", tap: str | None = None,
+           normalize: tuple[Sequence[float], Sequence[float]] | None = None, check=None,
+           fresh: Callable[[], nn.Module] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
+           map_tol: float = 0.01, opset: int | None = None, metadata: dict | None = None, batch_size: int = 256,
+           log=print) -> dict:
+    """Export ``model`` to ``path`` and check the written file with its runtime; returns a report dict.
+
+    ``example``: a batch of input images (N >= 2, C, H, W), uint8 or float in [0, 255] when ``normalize`` is
+    given (the exported ONNX graph takes that dtype; TorchScript takes either), else already-normalised
+    floats. ``format``: ``onnx``, ``torchscript`` or ``safetensors`` (default: from the suffix).
+    ``output``: ``representation`` (``tap``, default the model's own: ``flowkd.taps.default_representation``)
+    or ``logits`` (the model's output). ``normalize=(mean, std)``: per-channel, in [0, 1] units, baked in.
+    ``check=(queries, database)``: two ``ArrayDataset`` (e.g. test and training samples): the exported
+    file's outputs on their raw images are compared with flowkd's own path (dataset normalisation + model)
+    and retrieval mAP (cosine and Euclidean) must agree to ``map_tol``; without it only ``example`` is
+    compared. ``fresh``: builds a new model for reading a safetensors file back (default: a deep copy of
+    ``model`` with every tensor set to NaN, so a weight missing from the file cannot go unnoticed).
+    """
+    path = Path(path)
+    fmt = (format or _format_of(str(path))).lower()
+    if fmt not in FORMATS:
+        raise FlowKDError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if output not in ("representation", "logits"):
+        raise FlowKDError(f"output must be 'representation' or 'logits', got {output!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise FlowKDError(f"{path} is a directory: give a file name")
+    if not folder.is_dir():
+        raise FlowKDError(f"output folder {folder} does not exist")
+    if fmt == "onnx":
+        onnx_modules()  # fail on a missing extra before any work
+    example = torch.as_tensor(example).cpu()
+    if example.dim() < 2 or len(example) < 2:
+        raise FlowKDError(f"example must be a batch of at least 2 images, got shape {tuple(example.shape)}")
+    if output == "representation":
+        tap = tap or default_representation(model)
+        if not tap:
+            raise FlowKDError(f"{type(model).__name__} declares no representation: give tap= (a module name)")
+        parse_tap(tap)
+    else:
+        tap = None
+    model = copy.deepcopy(model).cpu().eval()  # the caller's module keeps its device and mode
+    mean, std = normalize if normalize is not None else (None, None)
+    encoder = ImageEncoder(model, tap, mean, std).eval()
+    meta = {
+        "format": fmt,
+        "input": {"name": "images", "layout": "NCHW", "shape": ["batch", *example.shape[1:]],
+                  "dtype": str(example.dtype).replace("torch.", ""),
+                  "values": "raw pixels in [0, 255] (uint8, or float)" if normalize is not None else "normalised floats"},
+        "normalization": ({"baked_in": True, "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                           "formula": "(x / 255 - mean) / std per channel"} if normalize is not None else None),
+        "output": {"kind": output, "tap": tap},
+        "torch": torch.__version__,
+        **(metadata or {}),
+    }
+    if fmt == "safetensors" and fresh is None:
+        def fresh():
+            m = copy.deepcopy(model)
+            with torch.no_grad():
+                for t in [*m.parameters(), *m.buffers()]:
+                    t.fill_(float("nan") if t.is_floating_point() else 0)
+            return m
+    tmp = _temp_in(folder, path.name)
+    side = side_tmp = None
+    try:
+        if fmt == "safetensors":
+            with torch.no_grad():
+                encoder(example)  # the model runs on this input at all (tap fires, shapes fit)
+            _write_safetensors(model, tmp, meta)
+        else:
+            program = _trace(encoder, example)
+            if fmt == "onnx":
+                _write_onnx(encoder, example, program, tmp, meta, opset)
+            else:
+                _write_torchscript(encoder, example, tmp, meta)
+        run = load_exported(tmp, fmt, fresh=fresh)
+        report = _check(run, encoder, model, example, check, atol, rtol, map_tol, batch_size, log)
+        with torch.no_grad():
+            meta["output"]["dim"] = list(encoder(example[:2]).shape[1:])
+        meta["check"] = report
+        side = path.with_name(path.name + ".json")
+        side_tmp = _temp_in(folder, side.name)
+        Path(side_tmp).write_text(json.dumps(meta, indent=2) + "\n")
+        for t in (tmp, side_tmp):
+            os.chmod(t, 0o644)
+        os.replace(side_tmp, side)
+        os.replace(tmp, path)
+    except BaseException:
+        for t in (tmp, side_tmp):
+            if t:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(t)
+        raise
+    finally:
+        encoder.remove()
+    log(f"wrote {path} ({fmt}, {path.stat().st_size / 1024:.1f} KiB) and {side.name}")
+    return {"path": str(path), "metadata_path": str(side), "bytes": path.stat().st_size, **meta}
+
+
+def resolve_arch(models: dict, name: str, seen=()) -> tuple[str, float]:
+    """(arch, width) of a config's model, following ``auxiliary_of`` (its base's arch, width x width), as the
+    pipeline builds it."""
+    if name in seen:
+        raise FlowKDError(f"model {name!r}: auxiliary_of forms a cycle")
+    m = models[name]
+    if m.get("auxiliary_of"):
+        base, width = resolve_arch(models, m["auxiliary_of"], (*seen, name))
+        return base, width * float(m.get("width", 1.0))
+    return m["arch"], float(m.get("width", 1.0))
+
+
+def export_run(run_dir, model_name: str, path, *, format: str | None = None, output: str = "representation",
+               tap: str | None = None, input_dtype: str = "uint8", queries: int = 500, database: int = 2000,
+               int8: bool = False, calibration: int = 512, log=print, **kw) -> dict:
+    """Export model ``model_name`` of a run directory with the weights of the last stage that trained it.
+
+    The model is rebuilt from the run's ``config.json`` (arch, width, options; ``auxiliary_of`` resolved),
+    the training set's mean/std are baked in, and the check uses a stratified held-out sample of
+    ``queries`` test images against ``database`` training images of the run's data. ``int8`` (ONNX only):
+    also ``<stem>.int8.onnx``, statically quantised, calibrated on ``calibration`` training images (other
+    than the check's database sample), with its latency and mAP change (flowkd.quantize).
+    """
+    from .config import config_from_dict
+    from .data.load import stratified_index
+    from .runmodels import load_data
+    from .io import load_into
+    from .models import create_model
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FlowKDError(f"{run_dir} is not a run directory (no config.json)")
+    raw = json.loads(cfg_path.read_text())
+    models = raw.get("models", {})
+    if model_name not in models:
+        raise FlowKDError(f"run {run_dir} has no model {model_name!r}; its models: {', '.join(models) or '(none)'}")
+    m = models[model_name]
+    if m.get("features"):
+        raise FlowKDError(f"model {model_name!r} is precomputed features ({m['features']}), not a network")
+    fmt = (format or _format_of(str(path))).lower()
+    if int8 and fmt != "onnx":
+        raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
+    if input_dtype not in ("uint8", "float32"):
+        raise FlowKDError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
+    arch, width = resolve_arch(models, model_name)
+    cfg = config_from_dict(raw)
+    train_set, test_set = load_data(cfg)
+    c, h, _ = train_set.shape
+    model = create_model(arch, width=width, options=m.get("options") or {}, num_classes=train_set.num_classes,
+                         in_channels=c, in_size=h)
+    stages = [s for s in raw.get("stages", []) if s.get("model") == model_name and sum(s.get("epochs", [])) > 0]
+    fmt_w = raw.get("weights_format", "pt")
+    if stages:
+        stage = stages[-1]["name"]
+        weights = run_dir / "checkpoints" / f"{stage}.{fmt_w}"
+        if not weights.is_file():
+            raise FlowKDError(f"run {run_dir}: no checkpoint for stage {stage!r} ({weights}); did the run finish?")
+    elif m.get("weights"):
+        stage, weights = None, Path(m["weights"])
+    elif any(True for _ in model.parameters()):
+        raise FlowKDError(f"model {model_name!r} was not trained in {run_dir} and has no weights file")
+    else:
+        stage, weights = None, None
+    if weights is not None:
+        load_into(model, weights, f"model {model_name!r} ({arch} x{width:g})")
+    model.eval()
+    if output == "representation":
+        tap = tap or m.get("representation") or default_representation(model)
+    q = test_set.subset(stratified_index(test_set, queries, cfg.seed + 11))
+    db = train_set.subset(stratified_index(train_set, database, cfg.seed + 12))
+    example = q.images[:2]
+    if input_dtype == "float32":
+        example = example.float()
+    meta = {"model": {"name": model_name, "arch": arch, "width": width, "options": m.get("options") or {},
+                      "in_channels": c, "in_size": h, "num_classes": train_set.num_classes,
+                      "run_dir": str(run_dir), "stage": stage, "weights": str(weights) if weights else None},
+            "data": {"name": cfg.data.name, "classes": list(train_set.classes)}}
+
+    def fresh():
+        return create_model(arch, width=width, options=m.get("options") or {}, num_classes=train_set.num_classes,
+                            in_channels=c, in_size=h)
+
+    log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or _format_of(str(path))}, "
+        f"output {tap if output == 'representation' else 'logits'}")
+    rep = export(model, example, path, format=format, output=output, tap=tap,
+                 normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log, **kw)
+    if int8:
+        from .io import atomic_write_json
+        from .quantize import quantize_onnx
+
+        picked = set(stratified_index(train_set, database, cfg.seed + 12))
+        rest = [i for i in range(len(train_set)) if i not in picked] or list(range(len(train_set)))
+        calib = train_set.subset(rest).subset(stratified_index(train_set.subset(rest), calibration, cfg.seed + 13))
+        images = calib.images if input_dtype == "uint8" else calib.images.float()
+        qpath = Path(path).with_name(Path(path).stem + ".int8.onnx")
+        rep["int8"] = quantize_onnx(path, qpath, images, check=(q, db), log=log)
+        atomic_write_json(qpath.with_name(qpath.name + ".json"), {**{k: v for k, v in rep.items() if k not in (
+            "path", "metadata_path", "bytes", "int8", "check")}, "format": "onnx (int8, QDQ, static)", "int8": rep["int8"]})
+    return rep
