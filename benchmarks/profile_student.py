@@ -139,7 +139,7 @@ def captured_step(dev, args, teacher, taps, flow, student, batch) -> dict:
     the kernels one replay runs."""
     from torch.profiler import ProfilerActivity, profile
 
-    from flowkd.loop import StepGraph
+    from flowkd.graphs import StepGraph
 
     opt = torch.optim.Adam(student.parameters(), 1e-3, capturable=True, fused=True)
     x, y = (b.clone() for b in batch)

@@ -111,7 +111,7 @@ def test_out_of_memory_gives_a_hint(tmp_path, capsys, monkeypatch):
     def boom(self, *a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(Pipeline, "train_stage", boom)
+    monkeypatch.setattr(Pipeline, "train_group", boom)
     code = main(["run", DEMO, "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "out of GPU memory" in err and "batch_size" in err and len(err.splitlines()) == 1

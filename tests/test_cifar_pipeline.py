@@ -60,7 +60,7 @@ def test_resnet_pipeline_end_to_end_on_small_folder(tmp_path, capsys, mode):
     weights = str(SHARED_TEACHER) if SHARED_TEACHER.exists() else ""
     sets = ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", f"models.teacher.weights='{weights}'",
             "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]", "stages.student.epochs=[2]",
-            "stages.baseline.epochs=[1]", "data.batch_size=16", f"mode={mode}", "device=cpu"]
+            "stages.baseline.epochs=[1]", "data.batch_size=16", f"mode={mode}", "device=cpu", "eval.cost=static"]
     args = ["run", str(ROOT / "configs" / "cifar10_resnet18_to_verytiny.toml"), "--out", str(tmp_path / "run"), "--no-progress"]
     for s in sets:
         args += ["--set", s]
@@ -102,7 +102,7 @@ def test_cifar_comparison_config_runs_every_method_on_small_folder(tmp_path):
     _image_folder(tmp_path / "imgs", {"train": 2, "test": 1})
     cfg = load_config(ROOT / "configs" / "compare_cifar10.toml",
                       ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "models.teacher.weights=''",
-                       "device=cpu", "progress=false", "data.batch_size=20", "fast.amp=none"])
+                       "device=cpu", "progress=false", "data.batch_size=20", "fast.amp=none", "eval.cost=static"])
     for s in cfg.stages:
         s.epochs, s.lr = [1], [1e-3]
     res = Pipeline(cfg, tmp_path / "run", log=lambda *a: None).run()

@@ -13,7 +13,7 @@ import torch
 from flowkd import CriticalPeriod, DistillStep, EpochValue, InformationFlowLoss, SupervisedStep, train
 from flowkd.cli import main
 from flowkd.data.arrays import ArrayDataset, Loader
-from flowkd.loop import StepGraph
+from flowkd.graphs import StepGraph
 from flowkd.models import create_model
 
 
@@ -229,7 +229,7 @@ def _explicit(model, loader, step, optimizers: list, lr_of: list):
             loss = step(x, y)["loss"]
             loss.backward()
             opt.step()
-            total, n = total + float(loss), n + 1
+            total, n = total + loss.item(), n + 1
         losses.append(total / n)
     return losses
 

@@ -98,7 +98,8 @@ def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):
     ("stages.student.kernel='gauss'", "unknown kernel 'gauss'"),
     ("models.student.arch='resnet999'", "unknown model 'resnet999'"),
     ("models.teacher.weights='/nonexistent/w.pt'", "weights file not found: /nonexistent/w.pt"),
-    ("stages.student.lr=[inf, inf]", "student: non-finite loss at epoch 0 in term(s) pkt/pool1~pool1"),
+    ("stages.student.lr=[1e30, 1e30]", "student: non-finite loss at epoch 0"),
+        ("stages.student.lr=[inf, inf]", "learning rates must be finite numbers > 0"),
     ("data.name='cifar10'", "data.root is required"),
 ])
 def test_bad_input_gives_one_line_and_no_results(tmp_path, capsys, override, message):

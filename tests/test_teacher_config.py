@@ -53,7 +53,7 @@ def test_fetch_teacher_pipeline_end_to_end_on_cpu(tmp_path, server, monkeypatch,
     files, _, _ = cifar10_files(per_batch=30)  # 150 training / 30 test images in the official layout
     serve(server, monkeypatch, "cifar10", _tar(files))
     monkeypatch.chdir(tmp_path)  # the configs' relative paths: data/, runs/teacher/...
-    small = ["device=cpu", "models.teacher.width=0.125", "data.batch_size=32", "data.eval_batch_size=64"]
+    small = ["device=cpu", "models.teacher.width=0.125", "data.batch_size=32", "data.eval_batch_size=64", "eval.cost=static"]
     sets = small + ["stages.teacher.epochs=[1, 1, 0]", "fast.amp=none", "fast.channels_last=false"]
     args = ["run", str(TEACHER), "--out", "runs/teacher", "--no-progress"]
     assert main(args + [x for s in sets for x in ("--set", s)]) == 0

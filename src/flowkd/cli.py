@@ -134,13 +134,13 @@ def _flow(args) -> int:
 
 def _features(args) -> int:
     from .config import load_config
-    from .pipeline import Pipeline
+    from .runmodels import export_features
 
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     t0 = time.perf_counter()
-    bank = Pipeline(cfg, ".").export_features(args.model, args.taps, args.out)
+    bank = export_features(cfg, args.model, args.taps, args.out)
     print(f"wrote {args.out}: {len(bank)} rows; " + ", ".join(f"{k} {tuple(v)}" for k, v in bank.shapes().items())
           + f" (+ labels) in {time.perf_counter() - t0:.1f}s")
     return 0

@@ -55,6 +55,7 @@ class ModelConfig:
     options: dict[str, Union[bool, int, float, str]] = field(default_factory=dict)  # extra arguments of the model's factory
     features: str = ""              # a teacher given as precomputed per-sample features (.npy/.npz/.safetensors), no arch
     precompute: bool = False        # a frozen teacher: compute its taps once (augmentation-free) and keep them on the device
+    sweep_of: str = ""              # set by a sweep: the model this one copies (its initialisation, too)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class StageConfig:
     ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
     allow_unordered_pairs: bool = False  # pairs must go shallow -> deep on both sides, no tap twice, unless true
     restart_optimizer: str = "never"  # never | phase (a new optimiser per lr phase) | epoch (one per epoch)
+    sweep_of: str = ""              # set by a sweep: the stage this one copies
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
 
 
@@ -90,6 +92,8 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["cosine", "euclidean"])
     k: list[int] = field(default_factory=lambda: [10, 100])
     legacy: bool = True             # also report the reference evaluator's legacy mAP / P@k
+    cost: str = "static"            # none | static (params, MACs, size) | full (+ 1-thread CPU latency, PyTorch and ONNX Runtime)
+    cost_budget_s: float = 0.5      # full: seconds of repeated timing per model, input size and runtime
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Config:
     mode: str = "default"           # default | paper: the reference code's optimiser restarts and plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     progress: bool = True           # progress bars
+    cohort: bool = True             # consecutive stages that read the same data train in one pass (flowkd.cohort)
     title: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
@@ -181,8 +186,64 @@ def _from_dict(cls, data: dict, prefix: str = ""):
 STAGE_KINDS = ("supervised", "distill")
 
 
+SWEEPABLE = ("ce_weight", "weight_decay")  # besides every option of `schedule` and `loss_options`
+
+
+def expand_sweeps(data: dict) -> dict:
+    """A stage that lists values for one of its options (``schedule = { ..., decay = [0.5, 0.7] }``, a
+    ``loss_options`` value, ``ce_weight``, ``weight_decay``) becomes one stage per value, each training its own
+    copy of the stage's model (``NAME[option=value]``, initialised as the model itself), in one pass as a cohort."""
+    stages = data.get("stages")
+    if not isinstance(stages, list):
+        return data
+    data = dict(data, stages=[], models=dict(data.get("models") or {}))
+    for st in stages:
+        if not isinstance(st, dict):
+            data["stages"].append(st)
+            continue
+        where = f"stage {st.get('name', '?')!r}"
+        found = [("schedule", k) for k, v in (st.get("schedule") or {}).items() if isinstance(v, list)] + \
+                [("loss_options", k) for k, v in (st.get("loss_options") or {}).items() if isinstance(v, list)] + \
+                [(None, k) for k in SWEEPABLE if isinstance(st.get(k), list)]
+        if not found:
+            data["stages"].append(st)
+            continue
+        if len(found) > 1:
+            raise FlowKDError(f"{where}: a sweep lists values for one option per stage, got "
+                              f"{', '.join(k for _, k in found)}")
+        table, key = found[0]
+        values = (st[table] if table else st)[key]
+        if not values:
+            raise FlowKDError(f"{where}: the sweep of {key!r} is an empty list")
+        model = st.get("model", "")
+        users = [o.get("name") for o in stages if o is not st and isinstance(o, dict)
+                 and model in (o.get("model"), o.get("teacher"))]
+        if users or model not in data["models"]:
+            raise FlowKDError(f"{where}: a sweep trains copies of its model, but model {model!r} is trained or read by "
+                              f"other stages ({', '.join(map(str, users))}); give the swept stage a model of its own")
+        referenced = any(isinstance(m, dict) and m.get("auxiliary_of") == model for m in data["models"].values())
+        base = data["models"][model] if referenced else data["models"].pop(model)  # an auxiliary may be sized on it
+        for v in values:
+            tag = f"[{key}={v}]"
+            copy = dict(st, name=f"{st['name']}{tag}", model=f"{model}{tag}", sweep_of=st["name"])
+            if table:
+                copy[table] = dict(st[table], **{key: v})
+            else:
+                copy[key] = v
+            data["stages"].append(copy)
+            data["models"][f"{model}{tag}"] = dict(base, label=f"{base.get('label') or model} ({key}={v})",
+                                                   sweep_of=model)
+        ev = dict(data.get("eval") or {})
+        names = [f"{model}[{key}={v}]" for v in values]
+        if ev.get("models"):
+            data["eval"] = dict(ev, models=[n for m in ev["models"] for n in (names if m == model else [m])])
+        elif referenced:  # every model is evaluated, but the kept base trains in no stage
+            data["eval"] = dict(ev, models=[m for m in data["models"] if m != model])
+    return data
+
+
 def config_from_dict(data: dict) -> Config:
-    cfg = _from_dict(Config, data)
+    cfg = _from_dict(Config, expand_sweeps(data))
     _validate(cfg)
     if cfg.mode == "paper":  # the reference code's habits, spelled out on each stage
         teachers = {s.teacher for s in cfg.stages if s.kind == "distill"}
@@ -256,6 +317,8 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"eval.models: unknown model {name!r}; models: {', '.join(cfg.models)}")
         if cfg.models[name].features:
             raise FlowKDError(f"eval.models: {name!r} is precomputed training features; it has no test-set features to evaluate")
+    if cfg.eval.cost not in ("none", "static", "full"):
+        raise FlowKDError(f"eval.cost must be 'none', 'static' or 'full', got {cfg.eval.cost!r}")
     for m in cfg.eval.metrics:
         if m not in ("cosine", "euclidean"):
             raise FlowKDError(f"eval.metrics: unknown metric {m!r}; valid: cosine, euclidean")

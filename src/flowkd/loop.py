@@ -17,10 +17,11 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .errors import FlowKDError, first_line
+from .errors import FlowKDError
+from .graphs import StepGraph, _GraphSteps, one_step
 from .steps import Step
 
-__all__ = ["train", "lr_at", "phase_at", "check_plan", "progress", "StepGraph", "RESTARTS"]
+__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "progress", "StepGraph", "RESTARTS"]
 
 RESTARTS = ("never", "phase", "epoch")
 
@@ -82,83 +83,6 @@ def _optimizer(name: str, params, lr: float, weight_decay: float, capturable: bo
     raise FlowKDError(f"unknown optimizer {name!r}; valid: adam, sgd")
 
 
-class StepGraph:
-    """One training step captured as a CUDA graph and replayed: a single launch instead of hundreds.
-
-    ``body()`` runs the step on static input buffers and returns its terms; capture records its kernels
-    without running them, and each call replays them, overwriting the same output tensors. ``warm(fn)``
-    runs an eager step on a side stream first, as capture requires.
-    """
-
-    def __init__(self, body: Callable[[], dict]):
-        self.graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(self.graph):
-                self.terms = body()
-        except Exception as e:  # an op that cannot be captured (host sync, CPU tensor, ...)
-            raise FlowKDError(f"fast.cuda_graph: the training step could not be captured as a CUDA graph "
-                              f"({first_line(e)}); set fast.cuda_graph=false") from e
-
-    def __call__(self) -> dict:
-        self.graph.replay()
-        return self.terms
-
-    @staticmethod
-    def warm(fn: Callable[[], dict]) -> dict:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = fn()
-        torch.cuda.current_stream().wait_stream(side)
-        return out
-
-
-def _graph_epoch(loader, step: Step, opt, ctx: Callable, graph_cls: type[StepGraph], graphs: dict):
-    """Yield each batch's terms, replaying captured steps. ``graphs`` lives for the whole stage: one captured
-    step per batch shape, kept from epoch to epoch while nothing it has fixed in it changes (the optimiser
-    object and the learning rate; the step's per-epoch values live in device memory the loop writes).
-    A shape's first batch runs eagerly (warm-up; it also creates the gradients and the optimiser's state
-    outside the capture: state first created inside it would be re-zeroed at every replay), then the step is
-    captured on static buffers; the captured step zeroes the gradients in place and accumulates into them,
-    so parameters the loss does not reach keep no gradient, as in the eager loop."""
-
-    def eager(batch):  # gradients zeroed in place: the captured step reuses their memory
-        return _one_step(batch, step, opt, ctx, set_to_none=False)
-
-    key = (id(opt), opt.param_groups[0]["lr"])
-    if graphs.get("key") != key:
-        graphs.clear()
-        graphs["key"] = key
-    for batch in loader:
-        shape = tuple(batch[0].shape)
-        if shape in graphs:
-            graph, static = graphs[shape]
-            for dst, src in zip(static, batch):
-                dst.copy_(src)
-            terms = graph()
-        else:
-            terms = graph_cls.warm(lambda: eager(batch))
-            static = [b.clone() for b in batch]
-            graphs[shape] = (graph_cls(lambda s=static: eager(s)), static)
-        yield terms
-
-
-def _one_step(batch, step: Step, opt, ctx: Callable, set_to_none: bool) -> dict:
-    """Forward, backward and optimiser step on one batch; the terms with a detached loss (no autograd graph
-    kept alive, e.g. into a capture)."""
-    opt.zero_grad(set_to_none=set_to_none)
-    with ctx():
-        terms = step(*batch)
-    terms["loss"].backward()
-    opt.step()
-    return {**terms, "loss": terms["loss"].detach()}
-
-
-def _eager_epoch(loader, step: Step, opt, ctx: Callable):
-    for batch in loader:
-        yield _one_step(batch, step, opt, ctx, set_to_none=True)
-
-
 def _restart(opt: torch.optim.Optimizer) -> None:
     """What a new optimiser starts from, in place (Adam's moments and step count, SGD's momentum zeroed): the
     same updates as a new optimiser, and a captured step keeps the memory it reads."""
@@ -166,6 +90,98 @@ def _restart(opt: torch.optim.Optimizer) -> None:
         for v in state.values():
             if torch.is_tensor(v):
                 v.zero_()
+
+
+class Trainer:
+    """One model's training, epoch by epoch, over batches it is handed: ``begin(epoch)``, ``batch(b)`` per
+    batch, ``end(epoch)``. :func:`train` drives one over a loader; ``flowkd.cohort`` drives several over the
+    same batches. The arguments are :func:`train`'s."""
+
+    def __init__(self, model: nn.Module, step: Step, *, epochs, lr, optimizer: str = "adam", weight_decay: float = 0.0,
+                 restart: str = "never", params=None, on_epoch=None, name: str = "train", autocast=None,
+                 resume: dict | None = None, checkpoint=None, cuda_graph: bool | type[StepGraph] = False):
+        self.epochs, self.lr = check_plan(epochs, lr, name)
+        if restart not in RESTARTS:
+            raise FlowKDError(f"{name}: restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
+        self.model, self.step, self.name, self.restart = model, step, name, restart
+        self.optimizer, self.weight_decay, self.on_epoch, self.checkpoint = optimizer, weight_decay, on_epoch, checkpoint
+        self.params = list(params) if params is not None else list(model.parameters())
+        graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
+        self.graphs = _GraphSteps(graph_cls) if graph_cls is not None else None
+        self.capturable = graph_cls is StepGraph
+        # a captured step re-casts the weights at every replay: no autocast weight cache across the capture
+        self.ctx = (lambda: torch.autocast(device_type=self.params[0].device.type, dtype=autocast,
+                                           cache_enabled=graph_cls is None)
+                    if autocast is not None else contextlib.nullcontext())
+        self.per_epoch = getattr(step, "per_epoch", ())  # a plain function has no per-epoch value
+        self.total = int(sum(self.epochs))
+        self.opt, self.records, self.first = None, [], 0
+        if resume is not None:
+            self.first = int(resume["epoch"]) + 1
+            if self.first < self.total and _restarts(self.first, restart, self.epochs) is False:
+                self.opt = self._new_optimizer(lr_at(self.first, self.epochs, self.lr))
+                self.opt.load_state_dict(resume["optimizer"])
+
+    def _new_optimizer(self, rate: float) -> torch.optim.Optimizer:
+        return _optimizer(self.optimizer, self.params, rate, self.weight_decay, self.capturable)
+
+    def begin(self, epoch: int) -> None:
+        """Before the epoch's first batch: the learning rate, a restart, the step's per-epoch values."""
+        self.rate = lr_at(epoch, self.epochs, self.lr)
+        if self.opt is None:
+            self.opt = self._new_optimizer(self.rate)
+        elif _restarts(epoch, self.restart, self.epochs):
+            _restart(self.opt)
+        for g in self.opt.param_groups:
+            g["lr"] = self.rate
+        for value in self.per_epoch:
+            value.write(epoch)
+        if self.graphs is not None:
+            self.graphs.begin(self.opt)
+        self.model.train()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n_batches, self.time_s = 0, 0.0
+
+    def batch(self, batch) -> None:
+        t0 = time.perf_counter()
+        if self.graphs is not None:
+            terms = self.graphs(batch, self.step, self.opt, self.ctx)
+        else:
+            terms = one_step(batch, self.step, self.opt, self.ctx, set_to_none=True)
+        sums = self.sums
+        vals = [terms[k].detach().float() for k in sums] if sums.keys() == terms.keys() else None
+        if vals and len({v.device for v in vals}) == 1:  # the usual case: one multi-tensor add for every term
+            torch._foreach_add_(list(sums.values()), vals)
+        else:
+            for k, v in terms.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v.clone()
+        self.n_batches += 1
+        self.time_s += time.perf_counter() - t0
+
+    def end(self, epoch: int, wall_s: float | None = None) -> dict:
+        """After the epoch's last batch: the epoch's means (a non-finite one stops training), the record, the
+        callbacks. ``wall_s``: the epoch's time when this trainer had the loader to itself."""
+        if self.n_batches == 0:
+            raise FlowKDError(f"{self.name}: the training data gave no batch (empty dataset, or batch larger than "
+                              "the data with drop_last)")
+        means = {k: float(v) / self.n_batches for k, v in self.sums.items()}
+        bad = [k for k, v in means.items() if not math.isfinite(v)]
+        if bad:
+            raise FlowKDError(f"{self.name}: non-finite loss at epoch {epoch} in term(s) {', '.join(bad)}")
+        rec = {"stage": self.name, "epoch": epoch, "lr": self.rate, **means,
+               "time_s": round(self.time_s if wall_s is None else wall_s, 4)}
+        self.records.append(rec)
+        if self.on_epoch is not None:
+            self.on_epoch(rec)
+        if self.checkpoint is not None:
+            self.checkpoint(epoch, self.opt)
+        return rec
+
+    def summary(self) -> str:
+        last = self.records[-1] if self.records else {}
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce"))
+        return f"[{self.name}] {len(self.records)} epochs in {sum(r['time_s'] for r in self.records):.1f}s; last: {terms}"
 
 
 def train(
@@ -210,72 +226,20 @@ def train(
     fused implementation (the same update, one kernel). A class in place of ``True`` stands in for
     :class:`StepGraph` (the tests check the graph path's bookkeeping on CPU with one).
     """
-    epochs, lr = check_plan(epochs, lr, name)
-    if restart not in RESTARTS:
-        raise FlowKDError(f"{name}: restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
-    params = list(params) if params is not None else list(model.parameters())
-    graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
-    capturable = graph_cls is StepGraph
-    # a captured step re-casts the weights at every replay: no autocast weight cache across the capture
-    ctx = (lambda: torch.autocast(device_type=params[0].device.type, dtype=autocast, cache_enabled=graph_cls is None)
-           if autocast is not None else contextlib.nullcontext())
-    per_epoch = getattr(step, "per_epoch", ())  # a plain function has no per-epoch value
-    total = int(sum(epochs))
-    opt = None
-    graphs: dict = {}  # the stage's captured steps (cuda_graph)
-    records = []
-    first = 0
-    if resume is not None:
-        first = int(resume["epoch"]) + 1
-        if first < total and _restarts(first, restart, epochs) is False:
-            opt = _optimizer(optimizer, params, lr_at(first, epochs, lr), weight_decay, capturable)
-            opt.load_state_dict(resume["optimizer"])
-    for epoch in range(first, total):
-        rate = lr_at(epoch, epochs, lr)
-        if opt is None:
-            opt = _optimizer(optimizer, params, rate, weight_decay, capturable)
-        elif _restarts(epoch, restart, epochs):
-            _restart(opt)
-        for g in opt.param_groups:
-            g["lr"] = rate
-        for value in per_epoch:
-            value.write(epoch)
+    tr = Trainer(model, step, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, restart=restart,
+                 params=params, on_epoch=on_epoch, name=name, autocast=autocast, resume=resume, checkpoint=checkpoint,
+                 cuda_graph=cuda_graph)
+    for epoch in range(tr.first, tr.total):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        n_batches = 0
+        tr.begin(epoch)
         t0 = time.perf_counter()
-        if graph_cls is not None:
-            batches = _graph_epoch(loader, step, opt, ctx, graph_cls, graphs)
-        else:
-            batches = _eager_epoch(loader, step, opt, ctx)
-        for terms in progress(batches, f"{name} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
-            vals = [terms[k].detach().float() for k in sums] if sums.keys() == terms.keys() else None
-            if vals and len({v.device for v in vals}) == 1:  # the usual case: one multi-tensor add for every term
-                torch._foreach_add_(list(sums.values()), vals)
-            else:
-                for k, v in terms.items():
-                    v = v.detach().float()
-                    sums[k] = sums[k] + v if k in sums else v.clone()
-            n_batches += 1
-        if n_batches == 0:
-            raise FlowKDError(f"{name}: the training data gave no batch (empty dataset, or batch larger than the data with drop_last)")
-        means = {k: float(v) / n_batches for k, v in sums.items()}
-        bad = [k for k, v in means.items() if not math.isfinite(v)]
-        if bad:
-            raise FlowKDError(f"{name}: non-finite loss at epoch {epoch} in term(s) {', '.join(bad)}")
-        rec = {"stage": name, "epoch": epoch, "lr": rate, **means, "time_s": round(time.perf_counter() - t0, 4)}
-        records.append(rec)
-        if on_epoch is not None:
-            on_epoch(rec)
-        if checkpoint is not None:
-            checkpoint(epoch, opt)
-    if (show_progress if summary is None else summary) and records:
-        last = records[-1]
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce"))
-        print(f"[{name}] {len(records)} epochs in {sum(r['time_s'] for r in records):.1f}s; last: {terms}")
-    return records
+        for batch in progress(loader, f"{name} {epoch + 1}/{tr.total}", total=len(loader), enabled=show_progress):
+            tr.batch(batch)
+        tr.end(epoch, time.perf_counter() - t0)
+    if (show_progress if summary is None else summary) and tr.records:
+        print(tr.summary())
+    return tr.records
 
 
 def _restarts(epoch: int, restart: str, epochs: Sequence[int]) -> bool:

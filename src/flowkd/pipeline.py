@@ -5,6 +5,7 @@ a value), ``loop`` (training), ``rundir`` (files and resume), ``analysis.probe``
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import torch
@@ -15,9 +16,10 @@ from .config import Config, to_dict
 from .data.arrays import ArrayDataset
 from .distributed import init_distributed
 from .errors import FlowKDError, warn
+from .cost import model_cost
 from .evaluation import evaluate_representation
-from .features import FeatureBank, compute_features, save_features
-from .loop import train
+from .cohort import cohorts, share_teachers, train_cohort
+from .loop import Trainer
 from .report import results_table
 from .rundir import RunDir, cpu_state
 from .runmodels import RunModels, load_data, machine_info, pick_device
@@ -105,9 +107,9 @@ class Pipeline:
                 trained.add(s.model)
 
     # ---- running --------------------------------------------------------------------------------
-    def train_stage(self, stage: Stage) -> list[dict]:
-        """Train one stage; after every epoch its full state goes to ``<stage>.partial.pt`` so that
-        ``--resume`` continues exactly where a killed run stopped."""
+    def _trainer(self, stage: Stage) -> Trainer:
+        """The stage's trainer, resumed from ``<stage>.partial.pt`` when a killed run left one; after every
+        epoch its full state goes there, so that ``--resume`` continues exactly where the run stopped."""
         cfg, rundir, flow = self.cfg, self.rundir, stage.flow
         partial = rundir.load_partial(stage.name, self.device)
         records: list[dict] = []
@@ -145,11 +147,27 @@ class Pipeline:
                 "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "records": records})
 
         p, fast = stage.plan, cfg.fast
-        train(stage.forward, stage.loader, stage.step, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
-              weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
-              checkpoint=checkpoint, resume=resume, name=stage.name, show_progress=cfg.progress,
-              autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph, summary=False)
-        return records
+        tr = Trainer(stage.forward, stage.step, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
+                     weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
+                     checkpoint=checkpoint, resume=resume, name=stage.name,
+                     autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph)
+        tr.all_records = records
+        return tr
+
+    def train_group(self, group: list[Stage]) -> tuple[list[Trainer], dict[str, FlowKDError]]:
+        """Train a cohort (or a single stage) in one pass over the data: its trainers and the errors of the
+        stages that failed (a failure of a single stage is raised)."""
+        group[0].seed(self.cfg.seed)
+        shared = share_teachers(group) if len(group) > 1 and not self.cfg.fast.cuda_graph else []
+        try:
+            trainers = [self._trainer(st) for st in group]
+            errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress)
+        finally:
+            for t in shared:
+                t.remove()
+        if len(group) == 1 and errors:
+            raise next(iter(errors.values()))
+        return trainers, errors
 
     def run(self) -> dict:
         t_start = time.perf_counter()
@@ -157,6 +175,7 @@ class Pipeline:
         rundir.check()
         train_set, test_set = self.load()
         stages = self.build()
+        failed: dict[str, FlowKDError] = {}
         try:
             state = rundir.open(self.dist.barrier)
             done = state["completed"]
@@ -166,12 +185,21 @@ class Pipeline:
                 partial = rundir.load_partial(st.name, self.device) if st.name not in done else None
                 kept += list(partial["records"]) if partial is not None else []
             rundir.reset_metrics(kept)
-            infos = {}
-            skipped = {s.name for s in self.cfg.stages} - {st.name for st in stages}
-            for name in skipped:
+            infos, pending = {}, []
+            for name in {s.name for s in self.cfg.stages} - {st.name for st in stages}:
                 self.log(f"[{name}] skipped: its model is given as precomputed features")
             for st in stages:
-                infos[st.name] = self._run_stage(st)
+                info = rundir.load_completed(st.name, st.model)
+                if info is not None:
+                    self.log(f"[{st.name}] resumed from {rundir.checkpoint_path(st.name)}")
+                    infos[st.name] = info
+                else:
+                    pending.append(st)
+            for group in cohorts(pending) if self.cfg.cohort else [[st] for st in pending]:
+                broken = self._failed_models(stages, failed)
+                if any(st.teacher_name in broken or st.model_name in broken for st in group):
+                    raise next(iter(failed.values()))  # a later stage needs what the failed one trains
+                infos.update(self._run_group(group, failed))
         finally:
             for st in stages:
                 st.close()
@@ -179,40 +207,54 @@ class Pipeline:
         if not self.main:
             self.dist.barrier()  # wait while rank 0 evaluates
             return {}
-        results = self.evaluate(train_set, test_set, infos, stages)
+        results = self.evaluate(train_set, test_set, infos, stages, skip=self._failed_models(stages, failed))
         results["total_wall_s"] = round(time.perf_counter() - t_start, 3)
         if self.dist.enabled:
             results["distributed"] = {"world": self.dist.world, "gather_features": self.cfg.distributed.gather_features}
+        if failed:
+            results["failed"] = {k: str(v) for k, v in failed.items()}
         rundir.write_results(results, results_table(results))
         self.dist.barrier()
+        if failed:  # the other students' results are written; the run still ends with the failure's one line
+            raise next(iter(failed.values()))
         return results
 
-    def _run_stage(self, st: Stage) -> dict:
-        done = self.rundir.load_completed(st.name, st.model)
-        if done is not None:
-            self.log(f"[{st.name}] resumed from {self.rundir.checkpoint_path(st.name)}")
-            return done
-        st.seed(self.cfg.seed)
+    @staticmethod
+    def _failed_models(stages: list[Stage], failed: dict) -> set[str]:
+        return {st.model_name for st in stages if st.name in failed}
+
+    def _run_group(self, group: list[Stage], failed: dict) -> dict:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        records = self.train_stage(st)
+        trainers, errors = self.train_group(group)
         wall = time.perf_counter() - t0
-        checksum = float(sum(p.detach().double().sum() for p in st.model.parameters()))
-        if not self.dist.same_everywhere(checksum, self.device):
-            raise FlowKDError(f"stage {st.name!r}: the ranks' weights disagree after training")
-        last = {k: v for k, v in records[-1].items() if k != "stage"} if records else {}
-        self.log(f"[{st.name}] {sum(st.plan.epochs)} epochs in {wall:.1f}s; last: "
-                 + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
-        info = {**st.info, "model": st.model_name, "teacher": st.teacher_name, "epochs": int(sum(st.plan.epochs)),
-                "wall_s": round(wall, 3), "last": last, "records": records}
-        if self.device.type == "cuda":
-            info["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
-        # whether the classifier head learnt from labels in this stage: `flowkd eval` reports its accuracy only then
-        self.rundir.complete(st.name, st.model, info, {"head_trained": str(st.trains_head).lower()})
-        return info
+        infos = {}
+        for st, tr in zip(group, trainers):
+            if st.name in errors:
+                self.log(f"[{st.name}] failed: {errors[st.name]}")
+                failed[st.name] = errors[st.name]
+                continue
+            checksum = float(sum(p.detach().double().sum() for p in st.model.parameters()))
+            if not self.dist.same_everywhere(checksum, self.device):
+                raise FlowKDError(f"stage {st.name!r}: the ranks' weights disagree after training")
+            records = tr.all_records
+            last = {k: v for k, v in records[-1].items() if k != "stage"} if records else {}
+            self.log(f"[{st.name}] {sum(st.plan.epochs)} epochs in {wall:.1f}s"
+                     + (f" (a cohort of {len(group)})" if len(group) > 1 else "") + "; last: "
+                     + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
+            info = {**st.info, "model": st.model_name, "teacher": st.teacher_name, "epochs": int(sum(st.plan.epochs)),
+                    "wall_s": round(wall, 3), "last": last, "records": records}
+            if len(group) > 1:
+                info["cohort"] = [m.name for m in group]
+            if self.device.type == "cuda":
+                info["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+            # whether the classifier head learnt from labels here: `flowkd eval` reports its accuracy only then
+            self.rundir.complete(st.name, st.model, info, {"head_trained": str(st.trains_head).lower()})
+            infos[st.name] = info
+        return infos
 
-    def evaluate(self, train_set, test_set, stages: dict, built: list[Stage]) -> dict:
+    def evaluate(self, train_set, test_set, stages: dict, built: list[Stage], skip=()) -> dict:
         ev, run = self.cfg.eval, self.run_models
         # a classifier head is scored only where it was trained: the model's last stage used labels, or its
         # weights were loaded and no stage trained it afterwards
@@ -221,7 +263,7 @@ class Pipeline:
         trained_on_labels |= {n for n, m in self.cfg.models.items() if m.weights and n not in last_stage}
         models = {}
         t0 = time.perf_counter()
-        for name in run.eval_models():
+        for name in [n for n in run.eval_models() if n not in skip]:  # a failed stage's model is not evaluated
             t1 = time.perf_counter()
             models[name] = evaluate_representation(
                 run.models[name], run.representation(name), train_set, test_set, metrics=ev.metrics,
@@ -229,6 +271,10 @@ class Pipeline:
             models[name]["arch"], models[name]["width"] = run.archs[name]
             models[name]["label"] = self.cfg.models[name].label or name
             models[name]["params"] = sum(p.numel() for p in run.models[name].parameters())
+            if ev.cost != "none":  # what the model costs to run (flowkd.cost): params, MACs, size, CPU latency
+                full = ev.cost == "full"
+                models[name]["cost"] = model_cost(run.models[name], train_set.shape, latency=full, budget_s=ev.cost_budget_s,
+                                                  onnx=full and importlib.util.find_spec("onnxruntime") is not None)
             models[name]["eval_wall_s"] = round(time.perf_counter() - t1, 3)
         return {
             "title": self.cfg.title,
@@ -238,26 +284,3 @@ class Pipeline:
             "models": models,
             "eval_wall_s": round(time.perf_counter() - t0, 3),
         }
-
-    def export_features(self, name: str, taps: list[str], path) -> FeatureBank:
-        """Write model ``name``'s taps on the whole training split (augmentation-free) to ``path`` (.npz or
-        .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``)."""
-        cfg = self.cfg
-        if name not in cfg.models:
-            raise FlowKDError(f"unknown model {name!r}; models: {', '.join(cfg.models)}")
-        if cfg.models[name].features:
-            raise FlowKDError(f"model {name!r} already is precomputed features ({cfg.models[name].features})")
-        if cfg.data.train_subset:
-            raise FlowKDError("features are exported for the whole training split: unset data.train_subset")
-        train_set, _ = self.load(only=[name])
-        run = self.run_models
-        taps = taps or [run.representation(name)]
-        run.tap_shapes(name, taps)  # unknown names fail before any work
-        m = cfg.models[name]
-        if not m.weights and not m.options.get("pretrained") and any(True for _ in run.models[name].parameters()):
-            import sys
-            print(f"flowkd: warning: model {name!r} has parameters but no weights file: these are the features of its "
-                  f"random initialisation (set models.{name}.weights, e.g. a run's checkpoints/<stage>.pt)", file=sys.stderr)
-        bank = compute_features(run.models[name], taps, train_set, cfg.data.eval_batch_size)
-        save_features(path, bank)
-        return bank

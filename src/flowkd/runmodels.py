@@ -15,13 +15,13 @@ from .auxiliary import make_auxiliary
 from .config import Config
 from .data.arrays import ArrayDataset
 from .data.load import load_split, stratified_subset
-from .errors import FlowKDError
+from .errors import FlowKDError, warn
 from .features import FeatureBank, compute_features, load_features
 from .io import load_into
 from .models import create_model
 from .taps import default_representation, frozen_taps
 
-__all__ = ["RunModels", "load_data", "pick_device", "machine_info", "seed_for"]
+__all__ = ["RunModels", "load_data", "pick_device", "machine_info", "seed_for", "export_features"]
 
 
 def seed_for(seed: int, name: str) -> int:
@@ -73,7 +73,7 @@ class RunModels:
                 self.banks[name] = load_features(m.features, m.representation).align(train_set)
                 self.archs[name] = ("features", 1.0)
                 continue
-            torch.manual_seed(seed_for(cfg.seed, name))
+            torch.manual_seed(seed_for(cfg.seed, m.sweep_of or name))  # a sweep's copies start alike
             if m.auxiliary_of:
                 base, base_width = self._arch_of(m.auxiliary_of, (name,))
                 model = make_auxiliary(base, m.width, base_width=base_width, options=m.options, **kw)
@@ -135,3 +135,29 @@ class RunModels:
         mib = sum(v.numel() * v.element_size() for v in bank.features.values()) / 2**20
         log(f"[{name}] precomputed {', '.join(bank.features)} for {len(bank)} images "
             f"({mib:.1f} MiB on {self.device}) in {time.perf_counter() - t0:.1f}s")
+
+
+def export_features(cfg: Config, name: str, taps: list[str], path, data=None) -> FeatureBank:
+    """Write model ``name``'s taps on the whole training split (augmentation-free) to ``path`` (.npz or
+    .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``)."""
+    from .features import save_features
+
+    if name not in cfg.models:
+        raise FlowKDError(f"unknown model {name!r}; models: {', '.join(cfg.models)}")
+    if cfg.models[name].features:
+        raise FlowKDError(f"model {name!r} already is precomputed features ({cfg.models[name].features})")
+    if cfg.data.train_subset:
+        raise FlowKDError("features are exported for the whole training split: unset data.train_subset")
+    device = pick_device(cfg.device)
+    train_set, _ = data if data is not None else load_data(cfg)
+    train_set = train_set.to(device)
+    run = RunModels(cfg, train_set, device, only=[name])
+    taps = taps or [run.representation(name)]
+    run.tap_shapes(name, taps)  # unknown names fail before any work
+    m = cfg.models[name]
+    if not m.weights and not m.options.get("pretrained") and any(True for _ in run.models[name].parameters()):
+        warn(f"model {name!r} has parameters but no weights file: these are the features of its random "
+             f"initialisation (set models.{name}.weights, e.g. a run's checkpoints/<stage>.pt)")
+    bank = compute_features(run.models[name], taps, train_set, cfg.data.eval_batch_size)
+    save_features(path, bank)
+    return bank

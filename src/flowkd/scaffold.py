@@ -369,7 +369,7 @@ def render_config(data: DataInfo, teacher: ModelInfo, student: ModelInfo, aux: M
           "[[stages]]                       # baseline: the student from labels, same budget",
           'name = "baseline"', 'kind = "supervised"', 'model = "baseline"', _phases(([50], [1e-3]), epochs), "",
           "# On a GPU: [fast] amp = \"bf16\", channels_last = true, cuda_graph = true (see the README's fast path).",
-          "[eval]", 'models = ["teacher", "aux", "student", "baseline"]', ""]
+          "[eval]", 'models = ["teacher", "aux", "student", "baseline"]', 'cost = "full"  # parameters, MACs, size, 1-thread CPU latency (PyTorch; ONNX Runtime when installed)', ""]
     return "\n".join(L)
 
 

@@ -58,10 +58,18 @@ class Stage:
     trains_head: bool = False     # the classifier head learns from labels in this stage
     info: dict = field(default_factory=dict)
     rng: torch.Tensor | None = None  # the CPU generator's state training starts from (None: the stage's seed)
+    sweep_of: str = ""            # a sweep's copy of this stage: seeded as that one
+
+    @property
+    def data_key(self) -> tuple:
+        """What makes two stages read the same batches (and so able to train as a cohort)."""
+        ld = self.loader
+        return (id(ld.data), ld.batch_size, ld.shuffle, ld.augment, ld.pad, ld.seed, ld.drop_last, ld.channels_last,
+                ld.rank, ld.world, ld.with_index)
 
     def seed(self, run_seed: int) -> None:
         """Put the random generators where this stage's training starts."""
-        torch.manual_seed(seed_for(run_seed, "train/" + self.name))
+        torch.manual_seed(seed_for(run_seed, "train/" + (self.sweep_of or self.name)))
         if self.rng is not None:
             torch.set_rng_state(self.rng)
 
@@ -101,8 +109,10 @@ def stage_pairs(s: StageConfig, run: RunModels) -> list[tuple[str, str]]:
 
 def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool) -> Loader:
     cfg = ctx.cfg
+    # every stage of a run reads the same stream of batches (order and augmentation draws): a fair comparison
+    # of students, and what lets consecutive stages train as a cohort (flowkd.cohort)
     return Loader(ctx.run.train_set, cfg.data.batch_size, shuffle=True, augment=augment,
-                  seed=seed_for(cfg.seed, s.name), channels_last=cfg.fast.channels_last,
+                  seed=seed_for(cfg.seed, "data"), channels_last=cfg.fast.channels_last,
                   rank=ctx.rank, world=ctx.world, with_index=indexed)
 
 
@@ -148,7 +158,7 @@ def build_supervised(s: StageConfig, ctx: Context) -> Stage:
     forward = ctx.forward(s.model)
     return Stage(s.name, s.model, model, forward, _loader(s, ctx, False, ctx.cfg.data.augment),
                  SupervisedStep(forward), _plan(s), list(model.parameters()), trains_head=True,
-                 info={"kind": "supervised"})
+                 info={"kind": "supervised"}, sweep_of=s.sweep_of)
 
 
 def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
@@ -173,7 +183,7 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     run, cfg = ctx.run, ctx.cfg
     model = run.models[s.model]
     _check_trainable(s, model)
-    torch.manual_seed(seed_for(cfg.seed, "train/" + s.name))  # a trainable loss (FitNets) draws its init here
+    torch.manual_seed(seed_for(cfg.seed, "train/" + (s.sweep_of or s.name)))  # a trainable loss (FitNets) draws its init here
     flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
     rng = torch.get_rng_state()
     teacher = run.teacher(s.teacher)
@@ -189,7 +199,7 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
             "augment": augment, "teacher_precomputed": indexed}
     return Stage(s.name, s.model, model, forward, _loader(s, ctx, indexed, augment), step, _plan(s),
                  list(model.parameters()) + list(flow.parameters()), flow, s.teacher, teacher,
-                 trains_head=s.ce_weight > 0, info=info, rng=rng)
+                 trains_head=s.ce_weight > 0, info=info, rng=rng, sweep_of=s.sweep_of)
 
 
 def build_stage(s: StageConfig, ctx: Context) -> Stage:
