@@ -245,7 +245,7 @@ def test_override_through_a_scalar_is_a_user_error(tmp_path):
     ('name = "aux_pkt"', 'name = "aux_labels"', r"stage name 'aux_labels' is used twice"),
     ('epochs = [15, 5]', 'epochs = [15]', r"stage 'aux_labels': epochs \[15\] and lr \[0\.001, 0\.0001\]"),
     ('epochs = [20]\nlr = [1e-3]', 'epochs = []\nlr = []', r"stage 'teacher': epochs \[\]"),
-    ('epochs = [20]', 'epochs = [-1]', r"stage 'teacher': epochs \[-1\]"),
+    ('epochs = [20]', 'epochs = [-1]', r"stage 'teacher': epochs must be whole numbers >= 0, got \[-1\]"),
     ('k = [10, 100]', 'k = [10, 100]\nmetrics = ["cosine", "manhattan"]', r"unknown metric 'manhattan'"),
     ('k = [10, 100]', 'k = [10]\nmodels = ["ghost"]', r"eval\.models: unknown model 'ghost'"),
     ('kind = "supervised"\nmodel = "teacher"', 'kind = "finetune"\nmodel = "teacher"',

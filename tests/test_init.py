@@ -79,7 +79,7 @@ def test_init_two_zoo_networks_with_teacher_weights(tmp_path, capsys, one_thread
     assert (cfg.models["aux"].auxiliary_of, cfg.models["aux"].width) == ("student", 2.0)
     assert st["aux_pkt"].pairs == [["linear:input", "fc1_relu"]]
     assert st["student"].pairs == [["pool1", "pool1"], ["pool2", "pool2"], ["pool3", "pool3"], ["fc1_relu", "fc1_relu"]]
-    assert st["student"].schedule.name == "critical_period" and all(s.epochs == [1] for s in cfg.stages)
+    assert st["student"].schedule["name"] == "critical_period" and all(s.epochs == [1] for s in cfg.stages)
     # the alternative straight from the teacher pairs shallow with shallow
     assert '# pairs = [["layer1@4", "pool1"], ["layer2@4", "pool2"], ["layer3@2", "pool3"], ["linear:input", "fc1_relu"]]' in text
     res = run(cfg_path, tmp_path / "run")

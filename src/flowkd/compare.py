@@ -17,7 +17,10 @@ __all__ = ["compare", "aggregate", "compare_table"]
 
 COLUMNS = [("cos mAP", ("cosine", "map")), ("euc mAP", ("euclidean", "map")),
            ("cos P@10", ("cosine", "precision_at", 10)), ("cos P@100", ("cosine", "precision_at", 100)),
+           ("legacy cos mAP", ("cosine", "legacy", "map")), ("legacy euc mAP", ("euclidean", "legacy", "map")),
+           ("legacy cos P@100", ("cosine", "legacy", "precision_at", 100)),
            ("NCM acc", ("ncm_acc",)), ("head acc", ("head_acc",))]
+PAPER = (("cos_map", "cos"), ("euc_map", "euc"), ("p100", "P@100"))
 
 
 def _get(d, path):
@@ -34,7 +37,7 @@ def aggregate(per_seed: list[dict]) -> dict:
     """``{model: {"label", column: {"mean", "std", "values"}}}`` over the seeds' results."""
     out = {}
     for name, first in per_seed[0]["models"].items():
-        row = {"label": first.get("label", name), "params": first["params"]}
+        row = {"label": first.get("label", name), "params": first["params"], "paper": first.get("paper") or {}}
         if first.get("cost"):  # MACs / params / size are the same for every seed; latency: the first seed's run
             row["cost"] = first["cost"]
         for col, path in COLUMNS:
@@ -50,15 +53,21 @@ def aggregate(per_seed: list[dict]) -> dict:
 def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float) -> str:
     cols = [c for c, _ in COLUMNS if any(c in r for r in agg.values())]
     with_cost = any(r.get("cost") for r in agg.values())
-    head = cols + (cost_header() if with_cost else [])
+    with_paper = any(r.get("paper") for r in agg.values())
+    head = cols + (["paper (legacy) cos / euc / P@100"] if with_paper else []) + (cost_header() if with_cost else [])
     lines = [f"# {title}", "", f"seeds: {list(seeds)}; machine: {machine.get('gpu') or machine.get('device')}, "
              f"torch {machine.get('torch')}, {machine.get('cpu_threads')} CPU threads; total wall time {wall:.0f} s",
              "", "| model | params | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
     for name, r in agg.items():
         cells = [f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}" if c in r else "—" for c in cols]
+        if with_paper:
+            p = r.get("paper") or {}
+            cells.append(" / ".join(f"{p[k]:.2f}" if k in p else "—" for k, _ in PAPER) if p else "—")
         cells += cost_cells(r.get("cost")) if with_cost else []
         lines.append(f"| {r['label']} | {r['params']:,} | " + " | ".join(cells) + " |")
-    lines += ["", "mAP / P@k in %, last epoch of every stage (no best-epoch picking); mean ± sample std over seeds."]
+    lines += ["", "mAP / P@k in %, last epoch of every stage (no best-epoch picking); mean ± sample std over seeds. "
+              "`legacy` = the reference evaluator's values (flowkd.retrieval, legacy=True): the paper's figures are "
+              "those, so compare the paper column with the legacy columns only."]
     if with_cost:
         lines += ["", COST_NOTE + " Cost of the first seed's models."]
         means = {"models": {n: {"label": r["label"], "cost": r.get("cost"),

@@ -56,6 +56,7 @@ class ModelConfig:
     features: str = ""              # a teacher given as precomputed per-sample features (.npy/.npz/.safetensors), no arch
     precompute: bool = False        # a frozen teacher: compute its taps once (augmentation-free) and keep them on the device
     sweep_of: str = ""              # set by a sweep: the model this one copies (its initialisation, too)
+    paper: dict[str, float] = field(default_factory=dict)  # the paper's figures for this row: cos_map, euc_map, p100 (legacy)
 
 
 @dataclass
@@ -146,6 +147,8 @@ def _convert(value: Any, tp, key: str):
             raise FlowKDError(f"config key {key!r} must be a table, got {type(value).__name__}")
         return _from_dict(tp, value, key)
     if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):  # e.g. an unset log_eps read back from config.json
+            return None
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, key)
@@ -264,9 +267,6 @@ def pair_loss_options(s: StageConfig) -> dict:
 
 
 def _validate(cfg: Config) -> None:
-    if not cfg.models:
-        raise FlowKDError("the config defines no [models.NAME]: nothing to train or evaluate "
-                          "(see `flowkd init` or the configs/ folder for complete examples)")
     if cfg.fast.amp not in ("none", "bf16"):
         raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
     if cfg.fast.cuda_graph and cfg.fast.compile:
@@ -317,6 +317,10 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"eval.models: unknown model {name!r}; models: {', '.join(cfg.models)}")
         if cfg.models[name].features:
             raise FlowKDError(f"eval.models: {name!r} is precomputed training features; it has no test-set features to evaluate")
+    for name, m in cfg.models.items():
+        bad = [k for k in m.paper if k not in ("cos_map", "euc_map", "p100")]
+        if bad:
+            raise FlowKDError(f"models.{name}.paper takes cos_map, euc_map, p100 (the paper's figures), not {bad[0]!r}")
     if cfg.eval.cost not in ("none", "static", "full"):
         raise FlowKDError(f"eval.cost must be 'none', 'static' or 'full', got {cfg.eval.cost!r}")
     for m in cfg.eval.metrics:

@@ -171,6 +171,9 @@ class Pipeline:
 
     def run(self) -> dict:
         t_start = time.perf_counter()
+        if not self.cfg.models:
+            raise FlowKDError("the config defines no [models.NAME]: nothing to train or evaluate "
+                              "(see `flowkd init` or the configs/ folder for complete examples)")
         rundir = self.rundir
         rundir.check()
         train_set, test_set = self.load()
@@ -270,6 +273,8 @@ class Pipeline:
                 k=ev.k, head=name in trained_on_labels, legacy=ev.legacy, batch_size=self.cfg.data.eval_batch_size)
             models[name]["arch"], models[name]["width"] = run.archs[name]
             models[name]["label"] = self.cfg.models[name].label or name
+            if self.cfg.models[name].paper:  # the paper's figures, as the reference evaluator counts them
+                models[name]["paper"] = dict(self.cfg.models[name].paper)
             models[name]["params"] = sum(p.numel() for p in run.models[name].parameters())
             if ev.cost != "none":  # what the model costs to run (flowkd.cost): params, MACs, size, CPU latency
                 full = ev.cost == "full"

@@ -75,9 +75,11 @@ def results_table(results: dict) -> str:
     """A Markdown table: one row per model, the paper's columns first; cost columns when models carry a
     ``"cost"`` entry (flowkd.cost.model_cost), and then the compression each model buys against the largest."""
     with_cost = any(r.get("cost") for r in results["models"].values())
-    extra_head = "".join(f" {c} |" for c in cost_header()) if with_cost else ""
+    with_paper = any(r.get("paper") for r in results["models"].values())
+    extra_head = (" paper cos mAP (legacy) |" if with_paper else "") + ("".join(f" {c} |" for c in cost_header()) if with_cost else "")
     rows = ["| model | arch | params | cos mAP | euc mAP | cos P@10 | cos P@100 | NCM acc | head acc | legacy cos mAP |"
-            + extra_head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * len(COST_COLUMNS) if with_cost else "")]
+            + extra_head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_paper else "")
+            + ("---:|" * len(COST_COLUMNS) if with_cost else "")]
 
     def f(x):
         return "—" if x is None else f"{x:.2f}"
@@ -88,7 +90,8 @@ def results_table(results: dict) -> str:
         rows.append(
             f"| {name} | {r['arch']}×{r['width']:g} | {r['params']:,} | {f(cos.get('map'))} | {f(euc.get('map'))} | "
             f"{f(p.get(10))} | {f(p.get(100))} | {f(r.get('ncm_acc'))} | {f(r.get('head_acc'))} | "
-            f"{f(cos.get('legacy', {}).get('map'))} |" + ("".join(f" {c} |" for c in cost_cells(r.get("cost"))) if with_cost else ""))
+            f"{f(cos.get('legacy', {}).get('map'))} |" + (f" {f((r.get('paper') or {}).get('cos_map'))} |" if with_paper else "")
+            + ("".join(f" {c} |" for c in cost_cells(r.get("cost"))) if with_cost else ""))
     m = results.get("machine", {})
     lines = [f"# {results.get('title') or 'flowkd results'}", "",
              f"data: {results['data']['name']} ({results['data']['train']} train / {results['data']['test']} test); "

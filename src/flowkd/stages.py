@@ -149,9 +149,11 @@ def build_supervised(s: StageConfig, ctx: Context) -> Stage:
     model = ctx.run.models[s.model]
     _check_trainable(s, model)
     classes = ctx.run.train_set.num_classes
-    with frozen_taps(model, []) as frozen:
-        out = frozen.run(ctx.run.train_set.normalize(ctx.run.train_set.images[:2]))[0]
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+    out = None
+    if sum(s.epochs):  # a stage switched off (0 epochs) trains nothing: its model may be no classifier (HOG)
+        with frozen_taps(model, []) as frozen:
+            out = frozen.run(ctx.run.train_set.normalize(ctx.run.train_set.images[:2]))[0]
+    if out is not None and (not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes):
         got = f"outputs of shape {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise FlowKDError(f"stage {s.name!r}: model {s.model!r} gives {got} per image, but a supervised stage needs "
                           f"one logit per class: the data has {classes} classes")
