@@ -8,7 +8,8 @@ from .config import Config, load_config
 from .data import ArrayDataset, Loader
 from .cost import model_cost
 from .errors import FlowKDError
-from .export import export, export_run
+from .export import export
+from .export_run import export_run
 from .features import FeatureBank, compute_features, load_features, save_features
 from .flow import InformationFlowLoss
 from .loop import train

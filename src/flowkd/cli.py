@@ -117,7 +117,7 @@ def _compare(args) -> int:
     out = args.out or tempfile.mkdtemp(prefix="flowkd-compare-")
     sets = list(args.set) + (["progress=false"] if args.no_progress else [])
     doc = compare(args.config, args.seeds, out, overrides=sets, results_dir=args.results_dir, name=args.name,
-                  log=(lambda *a: None) if args.quiet else print)
+                  log=(lambda *a: None) if args.quiet else print, reuse=args.reuse)
     print(doc["table"])
     print(f"wrote {args.results_dir}/compare_{args.name or Path(args.config).stem.removeprefix('compare_')}.json|md"
           + (" and the bar chart" if doc["plot"] else " (no bar chart: pip install matplotlib)") + f"; runs in {out}")
@@ -183,7 +183,7 @@ def _layers(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_run
+    from .export_run import export_run
 
     fmt = args.format
     export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--reuse", action="store_true", help="with --out: read the seeds already finished there, resume the others")
     c.set_defaults(fn=_compare)
 
     fl = sub.add_parser("flow", help="plot a run's flow.jsonl (per-layer MI over epochs) and an HTML report")

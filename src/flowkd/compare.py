@@ -3,6 +3,7 @@ then aggregate every model's metrics as mean ± std into one table, a JSON file 
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -103,15 +104,28 @@ def _plot(agg: dict, title: str, path: Path) -> bool:
     return True
 
 
-def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print) -> dict:
+def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print,
+            reuse: bool = False) -> dict:
+    """Run the config once per seed (``out_dir/seed<N>``) and aggregate. ``reuse``: a seed whose run folder
+    already holds ``results.json`` is read instead of trained again; an unfinished one is resumed."""
     if not seeds:
         raise FlowKDError("compare needs at least one seed")
     t0 = time.perf_counter()
     per_seed = []
     for seed in seeds:
         cfg = load_config(config, [*overrides, f"seed={seed}"])
+        run_dir = Path(out_dir) / f"seed{seed}"
+        done = run_dir / "results.json"
+        if reuse and done.is_file():
+            log(f"== seed {seed}: reusing {done}")
+            res = json.loads(done.read_text())
+            for n, m in res.get("models", {}).items():  # the paper's figures of the config as it is now
+                if n in cfg.models and cfg.models[n].paper:
+                    m["paper"] = dict(cfg.models[n].paper)
+            per_seed.append(res)
+            continue
         log(f"== seed {seed}")
-        per_seed.append(Pipeline(cfg, Path(out_dir) / f"seed{seed}", log=log).run())
+        per_seed.append(Pipeline(cfg, run_dir, log=log, resume=reuse).run())
     wall = time.perf_counter() - t0
     agg = aggregate(per_seed)
     title = per_seed[0].get("title") or "flowkd comparison"

@@ -41,6 +41,8 @@ class DataConfig:
     test_fraction: float = 0.25     # digits only: held-out share, stratified
     train_subset: int = 0           # >0: keep this many training images (seeded, stratified) for quick runs
     test_subset: int = 0            # >0: likewise for the test split
+    validation: float = 0.0         # >0: evaluate on this stratified share of the training split, held out from
+                                    # training, instead of the test split (to choose weights without the test set)
     download: bool = False          # cifar10 | cifar100 | stl10: fetch the official archive into root when missing
 
 
@@ -321,6 +323,8 @@ def _validate(cfg: Config) -> None:
         bad = [k for k in m.paper if k not in ("cos_map", "euc_map", "p100")]
         if bad:
             raise FlowKDError(f"models.{name}.paper takes cos_map, euc_map, p100 (the paper's figures), not {bad[0]!r}")
+    if not 0.0 <= cfg.data.validation < 1.0:
+        raise FlowKDError(f"data.validation must be a share in [0, 1), got {cfg.data.validation}")
     if cfg.eval.cost not in ("none", "static", "full"):
         raise FlowKDError(f"eval.cost must be 'none', 'static' or 'full', got {cfg.eval.cost!r}")
     for m in cfg.eval.metrics:

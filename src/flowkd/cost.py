@@ -103,7 +103,7 @@ def model_cost(model: nn.Module, input_shape, *, onnx: bool = True, batch: int =
 
 
 def _onnx_cost(model: nn.Module, inputs: dict, res: dict, timing: dict | None) -> None:
-    from .export import ImageEncoder, _trace, _write_onnx, onnx_modules
+    from .onnx_io import ImageEncoder, _trace, _write_onnx, onnx_modules
 
     _, ort = onnx_modules("the ONNX cost columns")
     with tempfile.TemporaryDirectory(prefix="flowkd-cost-") as tmp:

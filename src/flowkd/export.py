@@ -12,19 +12,15 @@ After writing to a temp file next to ``path``, the file is loaded back with its 
 ``torch.jit.load``, or safetensors into a fresh model), its outputs are compared with flowkd's own path
 (``ArrayDataset.normalize`` + the model + the tap's hook) on real images, and retrieval mAP on a held-out
 sample must be unchanged to ``map_tol``; only then is the temp file renamed into place. A failure leaves no
-file. ``export_run`` does the same for a model of a run directory.
+file. ``flowkd.export_run.export_run`` does the same for a model of a run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
-import logging
 import os
-import tempfile
-import traceback
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,147 +30,13 @@ import torch
 from torch import nn
 
 from .errors import FlowKDError
-from .taps import Taps, default_representation, parse_tap
+from .onnx_io import ImageEncoder, _temp_in, _trace, _write_onnx, onnx_modules
+from .taps import default_representation, parse_tap
 
-__all__ = ["export", "export_run", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported", "resolve_arch"]
+__all__ = ["export", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported"]
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
-EXTRA = 'pip install "flowkd[export]"'
-
-
-def onnx_modules(purpose: str = "ONNX export"):
-    """``(onnx, onnxruntime)``, imported on first use (the optional ``[export]`` extra)."""
-    try:
-        import onnx
-        import onnxruntime
-        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
-    except ImportError as e:
-        raise FlowKDError(f"{purpose} needs onnx, onnxruntime and onnxscript ({e.name} is missing): {EXTRA}") from None
-    return onnx, onnxruntime
-
-
-class ImageEncoder(nn.Module):
-    """``images -> representation`` (or logits): what gets exported.
-
-    ``forward`` casts the input to float32; with ``mean``/``std`` it then normalises raw pixels in [0, 255]
-    exactly as ``ArrayDataset.normalize`` does (``(x / 255 - mean) / std``), runs the model, and returns the
-    output of the tap (read by a forward hook, by module name: the model itself is not changed) or the
-    model's own output.
-    """
-
-    def __init__(self, model: nn.Module, tap: str | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None):
-        super().__init__()
-        self.model = model
-        self.tap = tap
-        self.normalizes = mean is not None
-        if (mean is None) != (std is None):
-            raise FlowKDError("normalize needs both mean and std")
-        if mean is not None:
-            self.register_buffer("mean", torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1))
-            self.register_buffer("std", torch.tensor([float(v) for v in std]).view(1, -1, 1, 1))
-        self._taps = Taps(model, [tap]) if tap else None  # not a submodule: only its hooks on the model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
-        if self.normalizes:
-            x = (x / 255.0 - self.mean) / self.std
-        if self._taps is None:
-            return self.model(x)
-        return self._taps(x)[1][self.tap]
-
-    def remove(self) -> None:
-        if self._taps is not None:
-            self._taps.remove()
-
-
-# ---- tracing -----------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _quiet_torch():
-    """torch.export / the ONNX exporter log graphs and progress: keep them off the user's terminal."""
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(("torch", "onnx"))]
-    loggers.append(logging.getLogger("torch"))
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
-def _user_frame(exc: BaseException, model: nn.Module) -> str:
-    """``file:line `code``` of the deepest traceback frame outside torch and flowkd (the user's forward)."""
-    import flowkd
-
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(flowkd.__file__), os.path.dirname(contextlib.__file__))
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f" at {os.path.basename(f.filename)}:{f.lineno} `{(f.line or '').strip()}`"
-
-
-def _untraceable(exc: BaseException, model: nn.Module) -> FlowKDError:
-    msg = " ".join(str(exc).split())
-    name = type(exc).__name__
-    if "GuardOnDataDependent" in name or "data-dependent" in msg:
-        what = "data-dependent Python control flow or a tensor turned into a Python number (.item(), int(), bool(), if on a tensor)"
-    elif ".numpy()" in msg or "numpy" in msg.lower():
-        what = "a tensor converted to NumPy (.numpy())"
-    elif ".tolist()" in msg:
-        what = "a tensor converted to a Python list (.tolist())"
-    else:
-        what = f"an operation torch.export cannot trace ({name})"
-    detail = msg.split(" (unhinted")[0].split(" For more information")[0][:160]
-    return FlowKDError(f"cannot export {type(model).__name__}: its forward uses {what}{_user_frame(exc, model)}; "
-                       f"torch.export: {detail}")
-
-
-def _trace(encoder: ImageEncoder, example: torch.Tensor):
-    """torch.export of the encoder with a dynamic batch dimension: the one gate for every traced format (it
-    refuses data-dependent control flow that ``torch.jit.trace`` would silently bake in)."""
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        with _quiet_torch():
-            return torch.export.export(encoder, (example,), dynamic_shapes={"x": {0: batch}}, strict=False)
-    except FlowKDError:
-        raise
-    except Exception as e:  # noqa: BLE001 - torch raises many types here
-        raise _untraceable(e, encoder.model) from None
-
-
-# ---- writers ---------------------------------------------------------------------------------------
-
-def _write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | None) -> None:
-    onnx, _ = onnx_modules()
-    out_name = "embedding" if encoder.tap else "output"
-    try:
-        with _quiet_torch():
-            prog = torch.onnx.export(program, (example,), dynamo=True, input_names=["images"],
-                                     output_names=[out_name], opset_version=opset, verbose=False)
-            prog.save(tmp)
-    except Exception as e:  # noqa: BLE001
-        raise FlowKDError(f"ONNX export of {type(encoder.model).__name__} failed: {' '.join(str(e).split())[:300]}") from None
-    m = onnx.load(tmp)
-    dims = {v.type.tensor_type.shape.dim[0].dim_param for v in [*m.graph.input, *m.graph.output]}
-    dims.discard("")
-    for v in [*m.graph.input, *m.graph.output, *m.graph.value_info]:  # name the batch dimension "batch"
-        shape = v.type.tensor_type.shape
-        for d in shape.dim:
-            if d.dim_param in dims:
-                d.dim_param = "batch"
-    del m.metadata_props[:]
-    entry = m.metadata_props.add()
-    entry.key, entry.value = "flowkd", json.dumps(meta)
-    onnx.checker.check_model(m)
-    onnx.save(m, tmp)
 
 
 def _write_torchscript(encoder, example, tmp: str, meta: dict) -> None:
@@ -330,16 +192,6 @@ def _check(run, encoder: ImageEncoder, model: nn.Module, example: torch.Tensor, 
 
 # ---- the public entry points ---------------------------------------------------------------------------
 
-def _temp_in(folder: Path, name: str) -> str:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    except PermissionError:
-        raise FlowKDError(f"cannot write in {folder}: permission denied") from None
-    except OSError as e:
-        raise FlowKDError(f"cannot write in {folder}: {e.strerror or e}") from None
-    os.close(fd)
-    return tmp
-
 
 def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None = None,
            output: str = "representation", tap: str | None = None,
@@ -439,105 +291,3 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
         encoder.remove()
     log(f"wrote {path} ({fmt}, {path.stat().st_size / 1024:.1f} KiB) and {side.name}")
     return {"path": str(path), "metadata_path": str(side), "bytes": path.stat().st_size, **meta}
-
-
-def resolve_arch(models: dict, name: str, seen=()) -> tuple[str, float]:
-    """(arch, width) of a config's model, following ``auxiliary_of`` (its base's arch, width x width), as the
-    pipeline builds it."""
-    if name in seen:
-        raise FlowKDError(f"model {name!r}: auxiliary_of forms a cycle")
-    m = models[name]
-    if m.get("auxiliary_of"):
-        base, width = resolve_arch(models, m["auxiliary_of"], (*seen, name))
-        return base, width * float(m.get("width", 1.0))
-    return m["arch"], float(m.get("width", 1.0))
-
-
-def export_run(run_dir, model_name: str, path, *, format: str | None = None, output: str = "representation",
-               tap: str | None = None, input_dtype: str = "uint8", queries: int = 500, database: int = 2000,
-               int8: bool = False, calibration: int = 512, log=print, **kw) -> dict:
-    """Export model ``model_name`` of a run directory with the weights of the last stage that trained it.
-
-    The model is rebuilt from the run's ``config.json`` (arch, width, options; ``auxiliary_of`` resolved),
-    the training set's mean/std are baked in, and the check uses a stratified held-out sample of
-    ``queries`` test images against ``database`` training images of the run's data. ``int8`` (ONNX only):
-    also ``<stem>.int8.onnx``, statically quantised, calibrated on ``calibration`` training images (other
-    than the check's database sample), with its latency and mAP change (flowkd.quantize).
-    """
-    from .config import config_from_dict
-    from .data.load import stratified_index
-    from .runmodels import load_data
-    from .io import load_into
-    from .models import create_model
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FlowKDError(f"{run_dir} is not a run directory (no config.json)")
-    raw = json.loads(cfg_path.read_text())
-    models = raw.get("models", {})
-    if model_name not in models:
-        raise FlowKDError(f"run {run_dir} has no model {model_name!r}; its models: {', '.join(models) or '(none)'}")
-    m = models[model_name]
-    if m.get("features"):
-        raise FlowKDError(f"model {model_name!r} is precomputed features ({m['features']}), not a network")
-    fmt = (format or _format_of(str(path))).lower()
-    if int8 and fmt != "onnx":
-        raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
-    if input_dtype not in ("uint8", "float32"):
-        raise FlowKDError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
-    arch, width = resolve_arch(models, model_name)
-    cfg = config_from_dict(raw)
-    train_set, test_set = load_data(cfg)
-    c, h, _ = train_set.shape
-    model = create_model(arch, width=width, options=m.get("options") or {}, num_classes=train_set.num_classes,
-                         in_channels=c, in_size=h)
-    stages = [s for s in raw.get("stages", []) if s.get("model") == model_name and sum(s.get("epochs", [])) > 0]
-    fmt_w = raw.get("weights_format", "pt")
-    if stages:
-        stage = stages[-1]["name"]
-        weights = run_dir / "checkpoints" / f"{stage}.{fmt_w}"
-        if not weights.is_file():
-            raise FlowKDError(f"run {run_dir}: no checkpoint for stage {stage!r} ({weights}); did the run finish?")
-    elif m.get("weights"):
-        stage, weights = None, Path(m["weights"])
-    elif any(True for _ in model.parameters()):
-        raise FlowKDError(f"model {model_name!r} was not trained in {run_dir} and has no weights file")
-    else:
-        stage, weights = None, None
-    if weights is not None:
-        load_into(model, weights, f"model {model_name!r} ({arch} x{width:g})")
-    model.eval()
-    if output == "representation":
-        tap = tap or m.get("representation") or default_representation(model)
-    q = test_set.subset(stratified_index(test_set, queries, cfg.seed + 11))
-    db = train_set.subset(stratified_index(train_set, database, cfg.seed + 12))
-    example = q.images[:2]
-    if input_dtype == "float32":
-        example = example.float()
-    meta = {"model": {"name": model_name, "arch": arch, "width": width, "options": m.get("options") or {},
-                      "in_channels": c, "in_size": h, "num_classes": train_set.num_classes,
-                      "run_dir": str(run_dir), "stage": stage, "weights": str(weights) if weights else None},
-            "data": {"name": cfg.data.name, "classes": list(train_set.classes)}}
-
-    def fresh():
-        return create_model(arch, width=width, options=m.get("options") or {}, num_classes=train_set.num_classes,
-                            in_channels=c, in_size=h)
-
-    log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or _format_of(str(path))}, "
-        f"output {tap if output == 'representation' else 'logits'}")
-    rep = export(model, example, path, format=format, output=output, tap=tap,
-                 normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log, **kw)
-    if int8:
-        from .io import atomic_write_json
-        from .quantize import quantize_onnx
-
-        picked = set(stratified_index(train_set, database, cfg.seed + 12))
-        rest = [i for i in range(len(train_set)) if i not in picked] or list(range(len(train_set)))
-        calib = train_set.subset(rest).subset(stratified_index(train_set.subset(rest), calibration, cfg.seed + 13))
-        images = calib.images if input_dtype == "uint8" else calib.images.float()
-        qpath = Path(path).with_name(Path(path).stem + ".int8.onnx")
-        rep["int8"] = quantize_onnx(path, qpath, images, check=(q, db), log=log)
-        atomic_write_json(qpath.with_name(qpath.name + ".json"), {**{k: v for k, v in rep.items() if k not in (
-            "path", "metadata_path", "bytes", "int8", "check")}, "format": "onnx (int8, QDQ, static)", "int8": rep["int8"]})
-    return rep

@@ -24,7 +24,7 @@ __all__ = ["quantize_onnx"]
 
 
 def _session(path, threads: int = 1):
-    from .export import onnx_modules
+    from .onnx_io import onnx_modules
 
     _, ort = onnx_modules("int8 export")
     opts = ort.SessionOptions()
@@ -48,7 +48,7 @@ def quantize_onnx(src, dst, calibration: torch.Tensor, *, check=None, batch: int
     and ``batch`` images, median of warm runs) and, with ``check=(queries, database)`` ArrayDatasets, the
     retrieval mAP of both models on that sample."""
     from .cost import _median_ms
-    from .export import _temp_in
+    from .onnx_io import _temp_in
 
     try:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)

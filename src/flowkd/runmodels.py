@@ -14,7 +14,7 @@ from torch import nn
 from .auxiliary import make_auxiliary
 from .config import Config
 from .data.arrays import ArrayDataset
-from .data.load import load_split, stratified_subset
+from .data.load import load_split, stratified_index, stratified_subset
 from .errors import FlowKDError, warn
 from .features import FeatureBank, compute_features, load_features
 from .io import load_into
@@ -50,8 +50,13 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
     """The config's (train, test) datasets, as stratified subsets when ``data.train_subset``/``test_subset``."""
     d = cfg.data
     options = {k: v for k, v in asdict(d).items() if k not in ("batch_size", "eval_batch_size", "augment",
-                                                                 "train_subset", "test_subset")}
+                                                                 "train_subset", "test_subset", "validation")}
     train_set, test_set = load_split(seed=cfg.seed, progress=cfg.progress, **options)
+    if d.validation > 0:  # a held-out share of the training split stands in for the test split
+        held = stratified_index(train_set, max(1, round(d.validation * len(train_set))), cfg.seed + 99)
+        keep = sorted(set(range(len(train_set))) - set(held))
+        train_set, test_set = train_set.subset(keep), train_set.subset(held)
+        test_set.name = "validation"
     return stratified_subset(train_set, d.train_subset, cfg.seed), stratified_subset(test_set, d.test_subset, cfg.seed + 1)
 
 
