@@ -419,3 +419,15 @@ def test_unknown_name_and_option():
         make_pair_loss("pkt", (3,), (3,), kernel_size=3)
     with pytest.raises(FlowKDError, match=r"'p'.*'sp'.*valid: \(none\)"):
         make_pair_loss("sp", (3,), (3,), p=2)
+
+
+def test_fitnet_hint_takes_a_teacher_computed_in_inference_mode():
+    """Frozen teachers run under torch.inference_mode; the hint's MSE keeps its target for the backward pass."""
+    from flowkd.losses.baselines import make_pair_loss
+
+    with torch.inference_mode():
+        t = torch.randn(4, 6, 3, 3)
+    s = torch.randn(4, 5, 3, 3, requires_grad=True)
+    loss = make_pair_loss("fitnet", (6, 3, 3), (5, 3, 3))
+    loss(t, s).backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()

@@ -38,6 +38,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 1024
     augment: bool = False           # random crop (4-px zero padding) + horizontal flip, on the device
+    drop_last: bool = False         # drop each epoch's last, smaller batch (similarity losses see only full batches)
     test_fraction: float = 0.25     # digits only: held-out share, stratified
     train_subset: int = 0           # >0: keep this many training images (seeded, stratified) for quick runs
     test_subset: int = 0            # >0: likewise for the test split

@@ -49,7 +49,7 @@ def machine_info(device: torch.device) -> dict:
 def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
     """The config's (train, test) datasets, as stratified subsets when ``data.train_subset``/``test_subset``."""
     d = cfg.data
-    options = {k: v for k, v in asdict(d).items() if k not in ("batch_size", "eval_batch_size", "augment",
+    options = {k: v for k, v in asdict(d).items() if k not in ("batch_size", "eval_batch_size", "augment", "drop_last",
                                                                  "train_subset", "test_subset", "validation")}
     train_set, test_set = load_split(seed=cfg.seed, progress=cfg.progress, **options)
     if d.validation > 0:  # a held-out share of the training split stands in for the test split

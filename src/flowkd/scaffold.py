@@ -11,6 +11,8 @@ student from labels as a baseline. The file is parsed back before it is written,
 A model SPEC is ``ARCH`` or ``ARCH@WEIGHTS``: ARCH is a zoo name (``flowkd models``), ``timm:NAME``,
 ``torchvision:NAME``, ``py:MODULE:FACTORY`` or ``fn:MODULE:FUNCTION``; WEIGHTS a state_dict file (``.pt`` /
 ``.safetensors``) that fits that network on this data.
+
+(Over 300 lines on purpose: one generator of one commented file; its parts are the sections of that file.)
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool) -> Loade
     # every stage of a run reads the same stream of batches (order and augmentation draws): a fair comparison
     # of students, and what lets consecutive stages train as a cohort (flowkd.cohort)
     return Loader(ctx.run.train_set, cfg.data.batch_size, shuffle=True, augment=augment,
-                  seed=seed_for(cfg.seed, "data"), channels_last=cfg.fast.channels_last,
+                  seed=seed_for(cfg.seed, "data"), channels_last=cfg.fast.channels_last, drop_last=cfg.data.drop_last,
                   rank=ctx.rank, world=ctx.world, with_index=indexed)
 
 

@@ -7,6 +7,9 @@ against its MD5, extracted into a temporary folder beside the target and renamed
 dataset folder is either complete or absent. Every address, file name, checksum and target folder lives in
 :data:`ARCHIVES`; ``FLOWKD_DATA_MIRROR`` (or ``mirror=``) replaces the address's base with a mirror holding
 the same files. Only the standard library talks HTTP.
+
+(Over 300 lines on purpose: download, checksum and safe extraction guard one promise together, a complete
+dataset or nothing, and read best in one place.)
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ class FitNetHint(nn.Module):
         w = self.regressor.weight.float()
         with torch.autocast(device_type=student.device.type, enabled=False):
             t, s = teacher.float(), student.float()
+            if t.is_inference():  # a frozen teacher's features (inference_mode): MSE keeps its target for backward
+                t = t.clone()
             if not self.maps:
                 return F.mse_loss(F.linear(s, w), t)
             r = F.conv2d(s, w, padding=self.regressor.padding)

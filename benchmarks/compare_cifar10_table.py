@@ -1,0 +1,86 @@
+"""results/compare_cifar10.md|json: the paper's CIFAR-10 comparison as far as it is measured.
+
+Reads ``results/compare_cifar10_aux.json`` (the auxiliary-driven rows, run on CPU with
+``flowkd compare configs/compare_cifar10_aux.toml``) and, when present, ``results/compare_cifar10_gpu.json``
+(every row of ``configs/compare_cifar10.toml``, run on a GPU), and writes one table in the order of the paper's
+comparison, naming the rows that no run has measured yet. Legacy values (the reference evaluator's) stand
+beside the paper's figures; standard values beside them.
+
+    python benchmarks/compare_cifar10_table.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from _common import ROOT
+
+from flowkd.io import atomic_write_json, atomic_write_text
+
+ROWS = [  # (model name in the configs, what it is), the paper's comparison in order
+    ("teacher", "teacher: PreAct ResNet-18 (labels)"),
+    ("aux", "auxiliary teacher: tiny CNN (labels, then PKT from the teacher)"),
+    ("labels", "very tiny, labels only"),
+    ("kd", "Hinton KD (+CE)"),
+    ("fitnet", "FitNets (hint, then KD)"),
+    ("at", "attention transfer (+CE)"),
+    ("sp", "similarity preserving (+CE)"),
+    ("pkt_last", "PKT, last layer, from the ResNet-18"),
+    ("flow_constant", "ablation a: aux, all layers, constant weights"),
+    ("flow_direct", "ablation b: no aux, critical period from the ResNet-18"),
+    ("aux_last", "ablation c: aux, last layer only"),
+    ("flow", "proposed: aux + all layers + critical period"),
+    ("flow_adaptive", "proposed, adaptive critical period (flowkd's)"),
+]
+COLS = [("cos mAP", "legacy cos mAP"), ("euc mAP", "legacy euc mAP"), ("cos P@100", "legacy cos P@100")]
+
+
+def _cell(row: dict, col: str) -> str:
+    v = row.get(col)
+    return f"{v['mean']:.2f} ± {v['std']:.2f}" if v else "—"
+
+
+def main() -> None:
+    res = ROOT / "results"
+    sources = [p for p in (res / "compare_cifar10_gpu.json", res / "compare_cifar10_aux.json") if p.exists()]
+    docs = [json.loads(p.read_text()) for p in sources]
+    found: dict[str, tuple[dict, dict]] = {}
+    for doc in docs:
+        for name, row in doc["models"].items():
+            found.setdefault(name, (row, doc))
+    lines = ["# The paper's CIFAR-10 comparison: PreAct ResNet-18 → very tiny CNN (student never sees a label)", "",
+             "Protocol: batch 128, 50 epochs per student, augmentation, last epoch, test queries vs train database, "
+             "fc1 features. `legacy` = the reference evaluator's values, the only ones to set beside the paper's "
+             "figures (which are the reference evaluator's); standard values beside them. Mean ± sample std over "
+             "the seeds named per source below.", "",
+             "| method | legacy cos mAP | legacy euc mAP | legacy P@100 | paper cos / euc / P@100 | cos mAP | euc mAP | "
+             "P@100 | NCM acc | head acc | source |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out_rows = []
+    for name, what in ROWS:
+        if name not in found:
+            lines.append(f"| {what} | unmeasured | | | | | | | | | needs the ResNet-18 forward every batch: a GPU run "
+                         f"of configs/compare_cifar10.toml |")
+            out_rows.append({"model": name, "what": what, "measured": False})
+            continue
+        row, doc = found[name]
+        p = row.get("paper") or {}
+        paper = " / ".join(f"{p[k]:.2f}" if k in p else "—" for k in ("cos_map", "euc_map", "p100")) if p else "—"
+        src = f"{doc['config']} seeds {doc['seeds']}, {doc['machine'].get('gpu') or 'CPU'}"
+        lines.append(f"| {what} | {_cell(row, 'legacy cos mAP')} | {_cell(row, 'legacy euc mAP')} | "
+                     f"{_cell(row, 'legacy cos P@100')} | {paper} | {_cell(row, 'cos mAP')} | {_cell(row, 'euc mAP')} | "
+                     f"{_cell(row, 'cos P@100')} | {_cell(row, 'NCM acc')} | {_cell(row, 'head acc')} | {src} |")
+        out_rows.append({"model": name, "what": what, "measured": True, "source": str(doc["config"]),
+                         "seeds": doc["seeds"], **{k: v for k, v in row.items() if isinstance(v, dict)}})
+    for doc in docs:
+        m = doc["machine"]
+        lines += ["", f"- `{doc['config']}`: seeds {doc['seeds']}, {m.get('gpu') or m.get('device')}, torch "
+                      f"{m.get('torch')}, {m.get('cpu_threads')} CPU threads, wall time {doc['wall_s']:.0f} s "
+                      f"(per stage: {', '.join(f'{k} {v[0]:.0f} s' for k, v in doc['stage_wall_s'].items())})"]
+    atomic_write_text(res / "compare_cifar10.md", "\n".join(lines) + "\n")
+    atomic_write_json(res / "compare_cifar10.json", {"rows": out_rows, "sources": [str(p.name) for p in sources]})
+    print("\n".join(lines))
+    print("wrote results/compare_cifar10.md|json")
+
+
+if __name__ == "__main__":
+    main()
