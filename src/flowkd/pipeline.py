@@ -78,6 +78,11 @@ class Pipeline:
             warn(f"data.batch_size {cfg.data.batch_size} is larger than the {n} training images: "
                  "every epoch is a single batch of all of them")
         self._warn_untrained_teachers()
+        last = n % cfg.data.batch_size
+        if not cfg.data.drop_last and 0 < last < cfg.data.batch_size / 4 and any(s.kind == "distill" for s in cfg.stages):
+            warn(f"each epoch ends with a batch of only {last} images ({n} training images, batch_size "
+                 f"{cfg.data.batch_size}): similarity losses over so few samples (PKT, SP) are noise that can ruin a "
+                 "student; set data.drop_last = true (or another batch_size)")
         for name, m in cfg.models.items():
             specs = [t for s in cfg.stages if s.kind == "distill" and s.teacher == name for t, _ in stage_pairs(s, run)]
             if m.precompute and specs:
