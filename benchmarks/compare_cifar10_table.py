@@ -37,7 +37,32 @@ COLS = [("cos mAP", "legacy cos mAP"), ("euc mAP", "legacy euc mAP"), ("cos P@10
 
 def _cell(row: dict, col: str) -> str:
     v = row.get(col)
-    return f"{v['mean']:.2f} ± {v['std']:.2f}" if v else "—"
+    if not v:
+        return "—"
+    return f"{v['mean']:.2f}" if len(v.get("values", [])) == 1 else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+
+def _teacher_eval(res) -> tuple[dict, dict] | None:
+    """The trained ResNet-18 teacher's own evaluation (``flowkd eval``, results/cifar10_teacher_eval.json)."""
+    path = res / "cifar10_teacher_eval.json"
+    if not path.exists():
+        return None
+    e = json.loads(path.read_text())
+    one = lambda v: {"mean": v, "std": 0.0, "values": [v]}  # noqa: E731
+    from flowkd.config import load_config
+
+    paper = load_config(ROOT / "configs" / "compare_cifar10.toml").models["teacher"].paper  # the paper's figures
+    row = {"label": "teacher", "paper": dict(paper),
+           "cos mAP": one(e["cosine"]["map"]), "euc mAP": one(e["euclidean"]["map"]),
+           "cos P@100": one(e["cosine"]["precision_at"]["100"]), "NCM acc": one(e["ncm_acc"]),
+           "head acc": one(e["head_acc"])}
+    if "legacy" in e["cosine"]:
+        row["legacy cos mAP"] = one(e["cosine"]["legacy"]["map"])
+        row["legacy euc mAP"] = one(e["euclidean"]["legacy"]["map"])
+        row["legacy cos P@100"] = one(e["cosine"]["legacy"]["precision_at"]["100"])
+    doc = {"config": "flowkd eval (results/cifar10_teacher_eval.json)", "seeds": ["trained teacher"],
+           "machine": {"device": e.get("machine", "CPU")}}
+    return row, doc
 
 
 def main() -> None:
@@ -48,6 +73,8 @@ def main() -> None:
     for doc in docs:
         for name, row in doc["models"].items():
             found.setdefault(name, (row, doc))
+    if "teacher" not in found and _teacher_eval(res) is not None:
+        found["teacher"] = _teacher_eval(res)
     lines = ["# The paper's CIFAR-10 comparison: PreAct ResNet-18 → very tiny CNN (student never sees a label)", "",
              "Protocol: batch 128, 50 epochs per student, augmentation, last epoch, test queries vs train database, "
              "fc1 features. `legacy` = the reference evaluator's values, the only ones to set beside the paper's "
@@ -65,7 +92,7 @@ def main() -> None:
         row, doc = found[name]
         p = row.get("paper") or {}
         paper = " / ".join(f"{p[k]:.2f}" if k in p else "—" for k in ("cos_map", "euc_map", "p100")) if p else "—"
-        src = f"{doc['config']} seeds {doc['seeds']}, {doc['machine'].get('gpu') or 'CPU'}"
+        src = f"{doc['config']}, seeds {doc['seeds']}, {doc['machine'].get('gpu') or doc['machine'].get('device', 'CPU')}"
         lines.append(f"| {what} | {_cell(row, 'legacy cos mAP')} | {_cell(row, 'legacy euc mAP')} | "
                      f"{_cell(row, 'legacy cos P@100')} | {paper} | {_cell(row, 'cos mAP')} | {_cell(row, 'euc mAP')} | "
                      f"{_cell(row, 'cos P@100')} | {_cell(row, 'NCM acc')} | {_cell(row, 'head acc')} | {src} |")
@@ -76,6 +103,9 @@ def main() -> None:
         lines += ["", f"- `{doc['config']}`: seeds {doc['seeds']}, {m.get('gpu') or m.get('device')}, torch "
                       f"{m.get('torch')}, {m.get('cpu_threads')} CPU threads, wall time {doc['wall_s']:.0f} s "
                       f"(per stage: {', '.join(f'{k} {v[0]:.0f} s' for k, v in doc['stage_wall_s'].items())})"]
+    notes = res / "compare_cifar10_notes.md"  # the reading of the table, written by whoever ran it
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
     atomic_write_text(res / "compare_cifar10.md", "\n".join(lines) + "\n")
     atomic_write_json(res / "compare_cifar10.json", {"rows": out_rows, "sources": [str(p.name) for p in sources]})
     print("\n".join(lines))

@@ -60,7 +60,8 @@ def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float) -> s
              f"torch {machine.get('torch')}, {machine.get('cpu_threads')} CPU threads; total wall time {wall:.0f} s",
              "", "| model | params | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
     for name, r in agg.items():
-        cells = [f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}" if c in r else "—" for c in cols]
+        cells = [("—" if c not in r else f"{r[c]['mean']:.2f}" if len(r[c]["values"]) == 1
+                  else f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}") for c in cols]
         if with_paper:
             p = r.get("paper") or {}
             cells.append(" / ".join(f"{p[k]:.2f}" if k in p else "—" for k, _ in PAPER) if p else "—")
@@ -111,7 +112,7 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
     if not seeds:
         raise FlowKDError("compare needs at least one seed")
     t0 = time.perf_counter()
-    per_seed = []
+    per_seed, reused_s = [], 0.0
     for seed in seeds:
         cfg = load_config(config, [*overrides, f"seed={seed}"])
         run_dir = Path(out_dir) / f"seed{seed}"
@@ -123,10 +124,11 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
                 if n in cfg.models and cfg.models[n].paper:
                     m["paper"] = dict(cfg.models[n].paper)
             per_seed.append(res)
+            reused_s += float(res.get("total_wall_s") or 0.0)  # the reused run's own time counts in the total
             continue
         log(f"== seed {seed}")
         per_seed.append(Pipeline(cfg, run_dir, log=log, resume=reuse).run())
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 + reused_s
     agg = aggregate(per_seed)
     title = per_seed[0].get("title") or "flowkd comparison"
     name = name or Path(config).stem.removeprefix("compare_")
