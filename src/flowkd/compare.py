@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _plot(agg: dict, title: str, path: Path) -> bool:
     ax.set_yticks(range(len(names)), [agg[n]["label"] for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("cosine retrieval mAP (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     for i, (m, sd) in enumerate(zip(means, stds)):
         ax.text(m + sd + 1.0, i, f"{m:.1f}", va="center", fontsize=7)
     fig.tight_layout()
