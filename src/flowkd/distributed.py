@@ -51,6 +51,13 @@ class DistContext:
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         return bool(lo[0] == hi[0])
 
+    def close(self) -> None:
+        """Leave the process group: every rank waits for the others, then the group is destroyed while the
+        interpreter is fully alive (gloo aborts the process when a group is torn down at exit)."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def init_distributed(device_name: str = "auto") -> DistContext:
     """Join the process group when torchrun started us (WORLD_SIZE > 1); a no-op otherwise."""
@@ -66,6 +73,25 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     return DistContext(rank, world, local)
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather of equal-shaped tensors with synchronous collectives; backward sums every rank's gradient
+    for this rank's rows (each rank's loss reads all rows) and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x):
+        world = dist.get_world_size()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # summed over ranks, synchronously: no work outlives the call
+        return grad[ctx.rank]
+
+
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """All-gather along the batch dimension, rank order; differentiable for this rank's rows.
 
@@ -78,7 +104,5 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     sizes = [int(s) for s in sizes]
     pad = max(sizes) - x.shape[0]
     xp = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
-    from torch.distributed.nn.functional import all_gather
-
-    parts = all_gather(xp.contiguous())
+    parts = _GatherRows.apply(xp.contiguous())
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])

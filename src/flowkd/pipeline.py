@@ -214,6 +214,7 @@ class Pipeline:
         self.dist.barrier()
         if not self.main:
             self.dist.barrier()  # wait while rank 0 evaluates
+            self.dist.close()
             return {}
         results = self.evaluate(train_set, test_set, infos, stages, skip=self._failed_models(stages, failed))
         results["total_wall_s"] = round(time.perf_counter() - t_start, 3)
@@ -223,6 +224,7 @@ class Pipeline:
             results["failed"] = {k: str(v) for k, v in failed.items()}
         rundir.write_results(results, results_table(results))
         self.dist.barrier()
+        self.dist.close()
         if failed:  # the other students' results are written; the run still ends with the failure's one line
             raise next(iter(failed.values()))
         return results
