@@ -115,6 +115,9 @@ PKT_STAGE = 'name = "student_pkt"\n'
      ("pair loss 'kd' takes no option 'temp'", "it takes: temperature")),
     (PKT_STAGE, PKT_STAGE + 'loss = "hinton"\n', ("unknown pair loss 'hinton'", "valid: at, fitnet, kd, pkt, sp")),
     (PKT_STAGE, PKT_STAGE + 'restart_optimizer = "stage"\n', ("restart_optimizer must be one of never, phase, epoch",)),
+    (PKT_STAGE, PKT_STAGE + 'lr_anneal = "linear"\n', ("stage 'student_pkt'", "lr_anneal must be one of none, cosine")),
+    (PKT_STAGE, PKT_STAGE + 'average_last = 1000\n', ("stage 'student_pkt'", "average_last must be a whole number")),
+    (PKT_STAGE, PKT_STAGE + 'average_last = 2.5\n', ("stages[5].average_last' must be int, got 2.5",)),
 ])
 def test_an_option_the_chosen_class_does_not_take_is_an_error(tmp_path, old, new, fragments):
     raises_naming(tmp_path, edit(old, new), *fragments)

@@ -86,6 +86,8 @@ class StageConfig:
     ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
     allow_unordered_pairs: bool = False  # pairs must go shallow -> deep on both sides, no tap twice, unless true
     restart_optimizer: str = "never"  # never | phase (a new optimiser per lr phase) | epoch (one per epoch)
+    lr_anneal: str = "none"         # none | cosine: each phase's rate falls along a half cosine, epoch by epoch
+    average_last: int = 0           # end with the mean of the weights after each of the last N epochs (0: off)
     sweep_of: str = ""              # set by a sweep: the stage this one copies
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
 
@@ -336,12 +338,17 @@ def _validate(cfg: Config) -> None:
 def _validate_stage_options(s: StageConfig) -> None:
     """Schedules and pair losses take the options their registered class takes, no other."""
     from .losses.baselines import PAIR_LOSSES
-    from .loop import RESTARTS
+    from .loop import ANNEALS, RESTARTS
     from .schedules import SCHEDULES
 
     where = f"stage {s.name!r}"
     if s.restart_optimizer not in RESTARTS:
         raise FlowKDError(f"{where}: restart_optimizer must be one of {', '.join(RESTARTS)}, got {s.restart_optimizer!r}")
+    if s.lr_anneal not in ANNEALS:
+        raise FlowKDError(f"{where}: lr_anneal must be one of {', '.join(ANNEALS)}, got {s.lr_anneal!r}")
+    if isinstance(s.average_last, bool) or not isinstance(s.average_last, int) or not 0 <= s.average_last <= sum(s.epochs):
+        raise FlowKDError(f"{where}: average_last must be a whole number of epochs from 0 to the stage's "
+                          f"{sum(s.epochs)}, got {s.average_last!r}")
     name = s.schedule.get("name")
     if not isinstance(name, str):
         raise FlowKDError(f"{where}: schedule needs a name, e.g. {{ name = \"critical_period\" }}; valid: {', '.join(SCHEDULES.names())}")

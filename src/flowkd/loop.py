@@ -21,9 +21,10 @@ from .errors import FlowKDError
 from .graphs import StepGraph, _GraphSteps, one_step
 from .steps import Step
 
-__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "progress", "StepGraph", "RESTARTS"]
+__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
 RESTARTS = ("never", "phase", "epoch")
+ANNEALS = ("none", "cosine")
 
 
 def phase_at(epoch: int, epochs: Sequence[int]) -> int:
@@ -36,9 +37,17 @@ def phase_at(epoch: int, epochs: Sequence[int]) -> int:
     return len(epochs) - 1
 
 
-def lr_at(epoch: int, epochs: Sequence[int], lrs: Sequence[float]) -> float:
-    """Piecewise-constant learning rate: ``epochs[i]`` epochs at ``lrs[i]``, phase after phase."""
-    return lrs[phase_at(epoch, epochs)]
+def lr_at(epoch: int, epochs: Sequence[int], lrs: Sequence[float], anneal: str = "none") -> float:
+    """The learning rate of ``epoch``: ``epochs[i]`` epochs at ``lrs[i]``, phase after phase. ``anneal="cosine"``
+    lets each phase's rate fall from ``lrs[i]`` along a half cosine, epoch by epoch, towards zero (its last
+    epoch runs at ``lrs[i] * (1 + cos(pi (n-1)/n)) / 2``); a next phase starts again at its own rate."""
+    i = phase_at(epoch, epochs)
+    if anneal == "none":
+        return lrs[i]
+    if anneal != "cosine":
+        raise FlowKDError(f"lr_anneal must be one of {', '.join(ANNEALS)}, got {anneal!r}")
+    into = epoch - sum(epochs[:i])
+    return lrs[i] * 0.5 * (1.0 + math.cos(math.pi * into / epochs[i]))
 
 
 def check_plan(epochs, lr, where: str) -> tuple[list[int], list[float]]:
@@ -99,8 +108,16 @@ class Trainer:
 
     def __init__(self, model: nn.Module, step: Step, *, epochs, lr, optimizer: str = "adam", weight_decay: float = 0.0,
                  restart: str = "never", params=None, on_epoch=None, name: str = "train", autocast=None,
-                 resume: dict | None = None, checkpoint=None, cuda_graph: bool | type[StepGraph] = False):
+                 resume: dict | None = None, checkpoint=None, cuda_graph: bool | type[StepGraph] = False,
+                 anneal: str = "none", average: int = 0):
         self.epochs, self.lr = check_plan(epochs, lr, name)
+        if anneal not in ANNEALS:
+            raise FlowKDError(f"{name}: lr_anneal must be one of {', '.join(ANNEALS)}, got {anneal!r}")
+        if isinstance(average, bool) or not isinstance(average, int) or not 0 <= average <= sum(self.epochs):
+            raise FlowKDError(f"{name}: average_last must be a whole number of epochs from 0 to the stage's "
+                              f"{sum(self.epochs)}, got {average!r}")
+        self.anneal, self.average = anneal, average
+        self.avg, self.n_avg = None, 0  # the running mean of the last epochs' weights
         if restart not in RESTARTS:
             raise FlowKDError(f"{name}: restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
         self.model, self.step, self.name, self.restart = model, step, name, restart
@@ -119,15 +136,19 @@ class Trainer:
         if resume is not None:
             self.first = int(resume["epoch"]) + 1
             if self.first < self.total and _restarts(self.first, restart, self.epochs) is False:
-                self.opt = self._new_optimizer(lr_at(self.first, self.epochs, self.lr))
+                self.opt = self._new_optimizer(lr_at(self.first, self.epochs, self.lr, anneal))
                 self.opt.load_state_dict(resume["optimizer"])
+            avg = resume.get("average") or {}
+            if avg.get("n", 0):
+                self.n_avg = int(avg["n"])
+                self.avg = [t.to(v.device) for t, v in zip(avg["tensors"], self._live())]
 
     def _new_optimizer(self, rate: float) -> torch.optim.Optimizer:
         return _optimizer(self.optimizer, self.params, rate, self.weight_decay, self.capturable)
 
     def begin(self, epoch: int) -> None:
         """Before the epoch's first batch: the learning rate, a restart, the step's per-epoch values."""
-        self.rate = lr_at(epoch, self.epochs, self.lr)
+        self.rate = lr_at(epoch, self.epochs, self.lr, self.anneal)
         if self.opt is None:
             self.opt = self._new_optimizer(self.rate)
         elif _restarts(epoch, self.restart, self.epochs):
@@ -174,9 +195,33 @@ class Trainer:
         self.records.append(rec)
         if self.on_epoch is not None:
             self.on_epoch(rec)
+        self._average(epoch)
         if self.checkpoint is not None:
             self.checkpoint(epoch, self.opt)
         return rec
+
+    def _live(self) -> list[torch.Tensor]:
+        """The model's floating-point weights and buffers (BatchNorm statistics too), as live storage."""
+        return [v for v in self.model.state_dict().values() if v.is_floating_point()]
+
+    def _average(self, epoch: int) -> None:
+        """Weight averaging: the running mean of the weights at the end of each of the last ``average`` epochs
+        (BatchNorm statistics averaged alike); after the last epoch the model takes the mean."""
+        if not self.average or epoch < self.total - self.average:
+            return
+        live = self._live()
+        if self.avg is None:
+            self.avg, self.n_avg = [v.detach().clone() for v in live], 1
+        else:
+            self.n_avg += 1
+            torch._foreach_lerp_(self.avg, live, 1.0 / self.n_avg)
+        if epoch == self.total - 1:
+            with torch.no_grad():
+                torch._foreach_copy_(live, self.avg)
+
+    def average_state(self) -> dict:
+        """What a resumed trainer needs to continue the average exactly (empty before it starts)."""
+        return {"n": self.n_avg, "tensors": [t.detach().cpu() for t in self.avg]} if self.avg is not None else {}
 
     def summary(self) -> str:
         last = self.records[-1] if self.records else {}
@@ -203,6 +248,8 @@ def train(
     checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
     cuda_graph: bool | type[StepGraph] = False,
     summary: bool | None = None,
+    anneal: str = "none",
+    average: int = 0,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
@@ -219,6 +266,9 @@ def train(
     ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
     continues after epoch e (the model's weights are the caller's to restore; data order and augmentation
     depend only on the epoch, so the continuation is exact).
+    ``anneal="cosine"`` lets each phase's rate fall along a half cosine (:func:`lr_at`). ``average=N`` ends
+    with the mean of the weights (and BatchNorm statistics) at the end of the last N epochs; a checkpoint's
+    ``resume`` then also carries ``"average"`` (``Trainer.average_state()``).
     ``cuda_graph=True`` replays the step (forward, loss, backward, optimiser step) as one captured CUDA graph
     (:class:`StepGraph`); the step must stay on the device (no host syncs). A captured step serves every
     epoch until the optimiser or the learning rate changes. Same arithmetic as the eager loop, but Adam is
@@ -228,7 +278,7 @@ def train(
     """
     tr = Trainer(model, step, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, restart=restart,
                  params=params, on_epoch=on_epoch, name=name, autocast=autocast, resume=resume, checkpoint=checkpoint,
-                 cuda_graph=cuda_graph)
+                 cuda_graph=cuda_graph, anneal=anneal, average=average)
     for epoch in range(tr.first, tr.total):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)

@@ -125,7 +125,7 @@ class Pipeline:
                 flow.load_state_dict(partial["flow"])
             torch.set_rng_state(partial["rng"].cpu())
             records = list(partial["records"])
-            resume = {"epoch": partial["epoch"], "optimizer": partial["optimizer"]}
+            resume = {"epoch": partial["epoch"], "optimizer": partial["optimizer"], "average": partial.get("average")}
             self.log(f"[{stage.name}] resuming after epoch {partial['epoch']}")
         adaptive = flow is not None and hasattr(flow.schedule, "observe")
         a = cfg.analysis
@@ -149,13 +149,15 @@ class Pipeline:
         def checkpoint(epoch, opt):
             rundir.save_partial(stage.name, {
                 "epoch": epoch, "model": cpu_state(stage.model), "flow": cpu_state(flow) if flow is not None else {},
-                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "records": records})
+                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "records": records,
+                "average": tr.average_state()})
 
         p, fast = stage.plan, cfg.fast
         tr = Trainer(stage.forward, stage.step, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
                      weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
                      checkpoint=checkpoint, resume=resume, name=stage.name,
-                     autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph)
+                     autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph,
+                     anneal=p.anneal, average=p.average)
         tr.all_records = records
         return tr
 

@@ -40,6 +40,8 @@ class Plan:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     restart: str = "never"
+    anneal: str = "none"
+    average: int = 0
 
 
 @dataclass
@@ -117,7 +119,8 @@ def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool) -> Loade
 
 
 def _plan(s: StageConfig) -> Plan:
-    return Plan(tuple(s.epochs), tuple(s.lr), s.optimizer, s.weight_decay, s.restart_optimizer)
+    return Plan(tuple(s.epochs), tuple(s.lr), s.optimizer, s.weight_decay, s.restart_optimizer, s.lr_anneal,
+                s.average_last)
 
 
 def check_pair_order(s: StageConfig, pairs, t_order: list[str], s_order: list[str]) -> None:
