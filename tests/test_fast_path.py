@@ -64,7 +64,7 @@ def test_pipeline_fast_options_train_to_similar_results(tmp_path, capsys):
             "eval.models=['student', 'student_labels']"]
     maps = {}
     cfg = resources.files("flowkd").joinpath("configs/digits_demo.toml")
-    for name, extra in [("plain", ["fast.inference_teacher=false"]),
+    for name, extra in [("plain", ["fast.inference_teacher=false", "fast.channels_last=false"]),
                         ("fast", ["fast.amp=bf16", "fast.channels_last=true"])]:
         args = ["run", str(cfg), "--out", str(tmp_path / name), "--no-progress"]
         for s in sets + extra:

@@ -105,7 +105,7 @@ class EvalConfig:
 @dataclass
 class FastConfig:
     amp: str = "none"               # none | bf16: autocast the networks' forward passes (PKT stays fp32)
-    channels_last: bool = False     # models and batches in channels_last memory format
+    channels_last: Union[bool, str] = "auto"  # models and batches in channels_last memory format; auto: on a CPU
     compile: bool = False           # torch.compile every trained model (launch-bound small students)
     cuda_graph: bool = False        # capture each epoch's whole training step as one CUDA graph (CUDA only)
     inference_teacher: bool = True  # teachers run under torch.inference_mode
@@ -274,6 +274,8 @@ def pair_loss_options(s: StageConfig) -> dict:
 def _validate(cfg: Config) -> None:
     if cfg.fast.amp not in ("none", "bf16"):
         raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
+    if cfg.fast.channels_last not in (True, False, "auto"):
+        raise FlowKDError(f"fast.channels_last must be true, false or 'auto', got {cfg.fast.channels_last!r}")
     if cfg.fast.cuda_graph and cfg.fast.compile:
         raise FlowKDError("fast.cuda_graph and fast.compile are alternatives for launch-bound steps; set one of them")
     if cfg.mode not in ("default", "paper"):

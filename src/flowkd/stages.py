@@ -21,7 +21,7 @@ from .features import FeatureBank
 from .flow import InformationFlowLoss
 from .losses.baselines import PAIR_LOSSES
 from .registry import Registry
-from .runmodels import RunModels, seed_for
+from .runmodels import RunModels, channels_last, seed_for
 from .schedules import SCHEDULES
 from .steps import DistillStep, Step, SupervisedStep
 from .taps import frozen_taps
@@ -114,7 +114,7 @@ def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool) -> Loade
     # every stage of a run reads the same stream of batches (order and augmentation draws): a fair comparison
     # of students, and what lets consecutive stages train as a cohort (flowkd.cohort)
     return Loader(ctx.run.train_set, cfg.data.batch_size, shuffle=True, augment=augment,
-                  seed=seed_for(cfg.seed, "data"), channels_last=cfg.fast.channels_last, drop_last=cfg.data.drop_last,
+                  seed=seed_for(cfg.seed, "data"), channels_last=channels_last(cfg, ctx.run.device), drop_last=cfg.data.drop_last,
                   rank=ctx.rank, world=ctx.world, with_index=indexed)
 
 
