@@ -340,17 +340,13 @@ def _validate(cfg: Config) -> None:
 def _validate_stage_options(s: StageConfig) -> None:
     """Schedules and pair losses take the options their registered class takes, no other."""
     from .losses.baselines import PAIR_LOSSES
-    from .loop import ANNEALS, RESTARTS
+    from .loop import RESTARTS, check_anneal_average
     from .schedules import SCHEDULES
 
     where = f"stage {s.name!r}"
     if s.restart_optimizer not in RESTARTS:
         raise FlowKDError(f"{where}: restart_optimizer must be one of {', '.join(RESTARTS)}, got {s.restart_optimizer!r}")
-    if s.lr_anneal not in ANNEALS:
-        raise FlowKDError(f"{where}: lr_anneal must be one of {', '.join(ANNEALS)}, got {s.lr_anneal!r}")
-    if isinstance(s.average_last, bool) or not isinstance(s.average_last, int) or not 0 <= s.average_last <= sum(s.epochs):
-        raise FlowKDError(f"{where}: average_last must be a whole number of epochs from 0 to the stage's "
-                          f"{sum(s.epochs)}, got {s.average_last!r}")
+    check_anneal_average(s.lr_anneal, s.average_last, s.epochs, where)
     name = s.schedule.get("name")
     if not isinstance(name, str):
         raise FlowKDError(f"{where}: schedule needs a name, e.g. {{ name = \"critical_period\" }}; valid: {', '.join(SCHEDULES.names())}")

@@ -53,7 +53,7 @@ class DistContext:
 
     def close(self) -> None:
         """Leave the process group: every rank waits for the others, then the group is destroyed while the
-        interpreter is fully alive (gloo aborts the process when a group is torn down at exit)."""
+        interpreter is fully alive rather than during its teardown."""
         if self.enabled and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
@@ -82,7 +82,7 @@ class _GatherRows(torch.autograd.Function):
         world = dist.get_world_size()
         parts = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(parts, x)
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        ctx.rank = dist.get_rank()
         return torch.stack(parts)
 
     @staticmethod

@@ -21,7 +21,7 @@ from .errors import FlowKDError
 from .graphs import StepGraph, _GraphSteps, one_step
 from .steps import Step
 
-__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
+__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
 RESTARTS = ("never", "phase", "epoch")
 ANNEALS = ("none", "cosine")
@@ -71,6 +71,15 @@ def check_plan(epochs, lr, where: str) -> tuple[list[int], list[float]]:
     return epochs, [float(r) for r in lr]
 
 
+def check_anneal_average(anneal, average, epochs: Sequence[int], where: str) -> None:
+    """A stage's ``lr_anneal`` (one of :data:`ANNEALS`) and ``average_last`` (0 to the stage's epochs)."""
+    if anneal not in ANNEALS:
+        raise FlowKDError(f"{where}: lr_anneal must be one of {', '.join(ANNEALS)}, got {anneal!r}")
+    if isinstance(average, bool) or not isinstance(average, int) or not 0 <= average <= sum(epochs):
+        raise FlowKDError(f"{where}: average_last must be a whole number of epochs from 0 to the stage's "
+                          f"{sum(epochs)}, got {average!r}")
+
+
 def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True):
     """tqdm when installed and wanted, else the plain iterable."""
     if not enabled:
@@ -111,11 +120,7 @@ class Trainer:
                  resume: dict | None = None, checkpoint=None, cuda_graph: bool | type[StepGraph] = False,
                  anneal: str = "none", average: int = 0):
         self.epochs, self.lr = check_plan(epochs, lr, name)
-        if anneal not in ANNEALS:
-            raise FlowKDError(f"{name}: lr_anneal must be one of {', '.join(ANNEALS)}, got {anneal!r}")
-        if isinstance(average, bool) or not isinstance(average, int) or not 0 <= average <= sum(self.epochs):
-            raise FlowKDError(f"{name}: average_last must be a whole number of epochs from 0 to the stage's "
-                              f"{sum(self.epochs)}, got {average!r}")
+        check_anneal_average(anneal, average, self.epochs, name)
         self.anneal, self.average = anneal, average
         self.avg, self.n_avg = None, 0  # the running mean of the last epochs' weights
         if restart not in RESTARTS:
