@@ -2,7 +2,6 @@
 forward per batch for every student that reads it, a failing student does not take the others down, sweeps."""
 
 import json
-from importlib import resources
 
 import pytest
 import torch
@@ -11,18 +10,15 @@ from flowkd.cli import main
 from flowkd.cohort import SharedTeacher, cohorts, share_teachers
 from flowkd.config import load_config
 from flowkd.io import load_weights
+from helpers import DEMO, run_args
 
-DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
 SMALL = ["stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
          "stages.student.epochs=[2, 1]", "stages.student_labels.epochs=[1, 2]", "stages.student_pkt.epochs=[2]",
          "stages.student_pkt.lr=[1e-3]", "eval.cost=none"]
 
 
-def _run(out, *sets):
-    args = ["run", DEMO, "--out", str(out), "--no-progress"]
-    for s in [*SMALL, *sets]:
-        args += ["--set", s]
-    return main(args)
+def _run(out, *overrides):
+    return main(run_args(out, [*SMALL, *overrides]))
 
 
 def _strip(lines):

@@ -4,7 +4,6 @@ import importlib
 import json
 import os
 import sys
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from flowkd.io import load_weights
 from flowkd.models import create_model
 from flowkd.report import compression_summary, results_table
 from flowkd.taps import Taps, default_representation
+from helpers import run_args
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -28,7 +28,6 @@ pytest.importorskip("safetensors")
 
 FORMATS = ["onnx", "torchscript", "safetensors"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
-DEMO = resources.files("flowkd").joinpath("configs/digits_demo.toml")
 # the demo's models (an MLP teacher, an auxiliary_of the student, CNN students), one short epoch per stage
 FAST = ["stages.teacher.epochs=[1]", "stages.aux_labels.epochs=[1]", "stages.aux_labels.lr=[1e-3]",
         "stages.aux_pkt.epochs=[1]", "stages.aux_pkt.lr=[1e-3]", "stages.student.epochs=[1]", "stages.student.lr=[1e-2]",
@@ -46,7 +45,7 @@ def run_cli(args, capsys):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
-    assert main(["run", str(DEMO), "--out", str(out), "--no-progress", *[a for s in FAST for a in ("--set", s)]]) == 0
+    assert main(run_args(out, FAST)) == 0
     return out
 
 
@@ -107,6 +106,30 @@ def test_run_export_logits_and_the_last_stage_weights(run_dir, tmp_path, capsys)
     assert got.shape == (len(test_set), 10)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     assert json.loads((tmp_path / "student_labels.onnx.json").read_text())["output"]["kind"] == "logits"
+
+
+def test_run_export_of_a_model_given_by_its_weights_file(run_dir, tmp_path, capsys):
+    """A model no stage trains (its weights file in the config) is exported with that file's weights."""
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["models"]["teacher"]["weights"] = str(run_dir / "checkpoints" / "teacher.pt")
+    for st in cfg["stages"]:
+        if st["model"] == "teacher":
+            st["epochs"] = [0]
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(cfg))
+    path = tmp_path / "teacher.onnx"
+    code, out, err = run_cli(["export", str(other), "--model", "teacher", "--out", str(path), "--logits"], capsys)
+    assert code == 0, err
+    _, test_set = flowkd.runmodels.load_data(flowkd.config.config_from_dict(cfg))
+    model = create_model("mlp", width=2.0, num_classes=10, in_channels=1, in_size=8)
+    model.load_state_dict(load_weights(run_dir / "checkpoints" / "teacher.pt"))
+    model.eval()
+    with torch.no_grad():
+        ref = model(test_set.normalize(test_set.images))
+    torch.testing.assert_close(load_exported(path)(test_set.images), ref, atol=1e-5, rtol=1e-4)
+    meta = json.loads((tmp_path / "teacher.onnx.json").read_text())["model"]
+    assert meta["stage"] is None and meta["weights"] == cfg["models"]["teacher"]["weights"]
 
 
 def test_int8_onnx(run_dir, tmp_path, capsys):

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import http.server
 import io
-import os
 import pickle
 import sys
 import tarfile
@@ -295,7 +294,7 @@ def test_a_part_file_resumes_or_restarts_when_range_is_ignored(tmp_path, server,
     part.write_bytes(archive[:1000])  # an earlier, interrupted run
     msgs = []
     F.fetch("cifar10", tmp_path, progress=False, log=msgs.append)
-    assert server.log == [(f"/cifar10/cifar-10-python.tar.gz", "bytes=1000-", 206 if how == "ok" else 200)]
+    assert server.log == [("/cifar10/cifar-10-python.tar.gz", "bytes=1000-", 206 if how == "ok" else 200)]
     assert any("ignored the resume request" in m for m in msgs) == (how == "norange")
     assert listing(tmp_path)[0] == "cifar-10-batches-py" and not part.exists()
     _, test = load_dataset("cifar10", tmp_path)

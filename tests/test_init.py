@@ -14,15 +14,6 @@ from flowkd.config import load_config
 from flowkd.models import create_model
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread (two threads on a loaded 2-core machine are many times slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def image_folder(root: Path, classes: int, side: int, mode: str, per_split=(6, 2), seed=0) -> Path:
     from PIL import Image
 

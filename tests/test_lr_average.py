@@ -79,7 +79,8 @@ def test_a_resumed_average_continues_exactly():
 
 
 @pytest.mark.parametrize("kw, fragment", [({"anneal": "linear"}, "lr_anneal must be one of none, cosine"),
-                                          ({"average": 6}, "average_last must be a whole number")])
+                                          ({"average": 6}, "average_last must be a whole number"),
+                                          ({"restart": "stage"}, "restart must be one of never, phase, epoch")])
 def test_bad_anneal_or_average_is_named(kw, fragment):
     model, step, _ = _setup()
     with pytest.raises(FlowKDError, match=fragment):

@@ -3,17 +3,16 @@
 import json
 import subprocess
 import sys
-from importlib import resources
 
 import pytest
 
 from flowkd.cli import main
+from helpers import run_args, sets
 
 FAST = [  # a few epochs of every stage: the whole demo pipeline in a couple of seconds
     "stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
     "stages.student.epochs=[2, 1]", "stages.student_labels.epochs=[2, 1]", "stages.student_pkt.epochs=[2, 1]",
 ]
-DEMO = resources.files("flowkd").joinpath("configs/digits_demo.toml")
 
 
 def run_cli(args, capsys):
@@ -22,13 +21,9 @@ def run_cli(args, capsys):
     return code, out.out, out.err
 
 
-def _sets(items):
-    return [a for s in items for a in ("--set", s)]
-
-
 def test_run_writes_checkpoints_metrics_results(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST)], capsys)
+    code, stdout, _ = run_cli(run_args(out, FAST), capsys)
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["models"]) == {"teacher", "aux", "student", "student_labels", "student_pkt"}
@@ -56,7 +51,7 @@ def test_run_writes_checkpoints_metrics_results(tmp_path, capsys):
 
 def test_existing_run_dir_is_refused_and_left_intact(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST)]
+    args = run_args(out, FAST)
     assert run_cli(args, capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     code, _, err = run_cli(args, capsys)
@@ -66,7 +61,7 @@ def test_existing_run_dir_is_refused_and_left_intact(tmp_path, capsys):
 
 def test_resume_skips_completed_stages(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST)]
+    args = run_args(out, FAST)
     assert run_cli(args, capsys)[0] == 0
     first = json.loads((out / "results.json").read_text())
     (out / "results.json").unlink()
@@ -82,7 +77,7 @@ def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):
     maps = []
     for i, seed in enumerate([5, 5, 6]):
         code, stdout, _ = run_cli(["demo", "--seed", str(seed), "--out", str(tmp_path / f"d{i}"), "--quiet",
-                                   "--no-progress", *_sets(FAST)], capsys)
+                                   "--no-progress", *sets(FAST)], capsys)
         assert code == 0 and "total time" in stdout
         res = json.loads((tmp_path / f"d{i}" / "results.json").read_text())
         maps.append({k: v["cosine"]["map"] for k, v in res["models"].items()})
@@ -104,7 +99,7 @@ def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):
 ])
 def test_bad_input_gives_one_line_and_no_results(tmp_path, capsys, override, message):
     out = tmp_path / "run"
-    code, _, err = run_cli(["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST), "--set", override], capsys)
+    code, _, err = run_cli(run_args(out, [*FAST, override]), capsys)
     assert code == 2
     assert err.strip().startswith("flowkd: error:") and message in err and len(err.strip().splitlines()) == 1
     if "non-finite" in message:  # a student of a cohort failed in training: the others' results are written
@@ -146,7 +141,7 @@ def test_atomic_writes_have_normal_permissions(tmp_path):
 def test_safetensors_checkpoints_reload_and_resume(tmp_path, capsys):
     pytest.importorskip("safetensors")
     out = tmp_path / "run"
-    args = ["run", str(DEMO), "--out", str(out), "--no-progress", *_sets(FAST), "--set", "weights_format=safetensors"]
+    args = run_args(out, [*FAST, "weights_format=safetensors"])
     assert main(args) == 0
     ckpt = out / "checkpoints" / "teacher.safetensors"
     assert ckpt.is_file() and not (out / "checkpoints" / "teacher.pt").exists()

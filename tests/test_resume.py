@@ -7,23 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-from importlib import resources
 
 import torch
 
 from flowkd.cli import main
+from helpers import run_args
 
-DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
 SETS = ["stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
         "stages.student.epochs=[30, 10]", "stages.student_labels.epochs=[1, 1]", "stages.student_pkt.epochs=[1, 1]",
         "eval.models=['student', 'aux']", "progress=false"]
 
 
 def _args(out, *extra):
-    a = ["run", DEMO, "--out", str(out), "--no-progress"]
-    for s in SETS:
-        a += ["--set", s]
-    return a + list(extra)
+    return run_args(out, SETS, *extra)
 
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # same threads everywhere: same float sums

@@ -11,6 +11,7 @@ from flowkd.cli import main
 from flowkd.config import load_config
 from flowkd.io import load_into
 from flowkd.models import create_model
+from helpers import run_args
 from test_fetch import Server, _tar, cifar10_files, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,23 +41,13 @@ def server():
     s.close()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread (two threads on a loaded 2-core machine made this test 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_fetch_teacher_pipeline_end_to_end_on_cpu(tmp_path, server, monkeypatch, capsys, one_thread):
     files, _, _ = cifar10_files(per_batch=30)  # 150 training / 30 test images in the official layout
     serve(server, monkeypatch, "cifar10", _tar(files))
     monkeypatch.chdir(tmp_path)  # the configs' relative paths: data/, runs/teacher/...
     small = ["device=cpu", "models.teacher.width=0.125", "data.batch_size=32", "data.eval_batch_size=64", "eval.cost=static"]
     sets = small + ["stages.teacher.epochs=[1, 1, 0]", "fast.amp=none", "fast.channels_last=false"]
-    args = ["run", str(TEACHER), "--out", "runs/teacher", "--no-progress"]
-    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    assert main(run_args("runs/teacher", sets, config=TEACHER)) == 0
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["cifar-10-batches-py"] and len(server.log) == 1
     res = json.loads((tmp_path / "runs/teacher/results.json").read_text())
     t = res["models"]["teacher"]
@@ -72,8 +63,7 @@ def test_fetch_teacher_pipeline_end_to_end_on_cpu(tmp_path, server, monkeypatch,
     # the paper pipeline, its teacher weights left at the config's default path
     sets = small + ["stages.aux_labels.epochs=[1, 0]", "stages.aux_pkt.epochs=[1, 0]", "stages.student.epochs=[1]",
                     "stages.baseline.epochs=[1]"]
-    args = ["run", str(PIPELINE), "--out", "runs/cifar10", "--no-progress"]
-    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    assert main(run_args("runs/cifar10", sets, config=PIPELINE)) == 0
     res2 = json.loads((tmp_path / "runs/cifar10/results.json").read_text())
     assert len(server.log) == 1  # the data was already there
     assert res2["models"]["teacher"]["cosine"] == t["cosine"]  # the same network, loaded from the teacher run

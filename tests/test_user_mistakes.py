@@ -2,13 +2,10 @@
 Python API and checks the exit code, the single message line (no traceback), and that no file of the user's
 was changed or left half-written; the silently-wrong cases refuse or warn once."""
 
-import json
-import math
 from importlib import resources
 
 import pytest
 import torch
-from torch import nn
 
 import flowkd
 from flowkd.cli import main

@@ -11,7 +11,6 @@ key and its check are read and changed together.)
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import types
 import typing
@@ -340,12 +339,11 @@ def _validate(cfg: Config) -> None:
 def _validate_stage_options(s: StageConfig) -> None:
     """Schedules and pair losses take the options their registered class takes, no other."""
     from .losses.baselines import PAIR_LOSSES
-    from .loop import RESTARTS, check_anneal_average
+    from .loop import check_anneal_average, check_restart
     from .schedules import SCHEDULES
 
     where = f"stage {s.name!r}"
-    if s.restart_optimizer not in RESTARTS:
-        raise FlowKDError(f"{where}: restart_optimizer must be one of {', '.join(RESTARTS)}, got {s.restart_optimizer!r}")
+    check_restart(s.restart_optimizer, where, "restart_optimizer")
     check_anneal_average(s.lr_anneal, s.average_last, s.epochs, where)
     name = s.schedule.get("name")
     if not isinstance(name, str):

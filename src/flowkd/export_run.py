@@ -6,23 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from .errors import FlowKDError
 from .export import _format_of, export
 from .taps import default_representation
 
-__all__ = ["export_run", "resolve_arch"]
-
-
-def resolve_arch(models: dict, name: str, seen=()) -> tuple[str, float]:
-    """(arch, width) of a config's model, following ``auxiliary_of`` (its base's arch, width x width), as the
-    pipeline builds it."""
-    if name in seen:
-        raise FlowKDError(f"model {name!r}: auxiliary_of forms a cycle")
-    m = models[name]
-    if m.get("auxiliary_of"):
-        base, width = resolve_arch(models, m["auxiliary_of"], (*seen, name))
-        return base, width * float(m.get("width", 1.0))
-    return m["arch"], float(m.get("width", 1.0))
+__all__ = ["export_run"]
 
 
 def export_run(run_dir, model_name: str, path, *, format: str | None = None, output: str = "representation",
@@ -38,9 +28,8 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     """
     from .config import config_from_dict
     from .data.load import stratified_index
-    from .runmodels import load_data
+    from .runmodels import RunModels, load_data
     from .io import load_into
-    from .models import create_model
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -58,27 +47,30 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
         raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
     if input_dtype not in ("uint8", "float32"):
         raise FlowKDError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
-    arch, width = resolve_arch(models, model_name)
     cfg = config_from_dict(raw)
+    cfg.fast.channels_last = False  # the exported graph takes plain NCHW images
+    stages = [s for s in raw.get("stages", []) if s.get("model") == model_name and sum(s.get("epochs", [])) > 0]
+    if stages:  # a stage's checkpoint replaces whatever the model started from
+        cfg.models[model_name].weights = ""
     train_set, test_set = load_data(cfg)
     c, h, _ = train_set.shape
-    model = create_model(arch, width=width, options=m.get("options") or {}, num_classes=train_set.num_classes,
-                         in_channels=c, in_size=h)
-    stages = [s for s in raw.get("stages", []) if s.get("model") == model_name and sum(s.get("epochs", [])) > 0]
-    fmt_w = raw.get("weights_format", "pt")
+    cpu = torch.device("cpu")
+
+    def fresh():  # the model as the run builds it (arch, width, auxiliary_of, options, a weights file)
+        return RunModels(cfg, train_set, cpu, only=[model_name]).models[model_name]
+
+    run = RunModels(cfg, train_set, cpu, only=[model_name])
+    model, (arch, width) = run.models[model_name], run.archs[model_name]
     if stages:
         stage = stages[-1]["name"]
-        weights = run_dir / "checkpoints" / f"{stage}.{fmt_w}"
+        weights = run_dir / "checkpoints" / f"{stage}.{raw.get('weights_format', 'pt')}"
         if not weights.is_file():
             raise FlowKDError(f"run {run_dir}: no checkpoint for stage {stage!r} ({weights}); did the run finish?")
-    elif m.get("weights"):
-        stage, weights = None, Path(m["weights"])
-    elif any(True for _ in model.parameters()):
-        raise FlowKDError(f"model {model_name!r} was not trained in {run_dir} and has no weights file")
-    else:
-        stage, weights = None, None
-    if weights is not None:
         load_into(model, weights, f"model {model_name!r} ({arch} x{width:g})")
+    else:  # RunModels loaded the model's own weights file, if any
+        stage, weights = None, Path(m["weights"]) if m.get("weights") else None
+        if weights is None and any(True for _ in model.parameters()):
+            raise FlowKDError(f"model {model_name!r} was not trained in {run_dir} and has no weights file")
     model.eval()
     if output == "representation":
         tap = tap or m.get("representation") or default_representation(model)
@@ -91,10 +83,6 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
                       "in_channels": c, "in_size": h, "num_classes": train_set.num_classes,
                       "run_dir": str(run_dir), "stage": stage, "weights": str(weights) if weights else None},
             "data": {"name": cfg.data.name, "classes": list(train_set.classes)}}
-
-    def fresh():
-        return create_model(arch, width=width, options=m.get("options") or {}, num_classes=train_set.num_classes,
-                            in_channels=c, in_size=h)
 
     log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or _format_of(str(path))}, "
         f"output {tap if output == 'representation' else 'logits'}")

@@ -21,7 +21,7 @@ from .errors import FlowKDError
 from .graphs import StepGraph, _GraphSteps, one_step
 from .steps import Step
 
-__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
+__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
 RESTARTS = ("never", "phase", "epoch")
 ANNEALS = ("none", "cosine")
@@ -69,6 +69,12 @@ def check_plan(epochs, lr, where: str) -> tuple[list[int], list[float]]:
     if bad:
         raise FlowKDError(f"{where}: learning rates must be finite numbers > 0, got {lr}")
     return epochs, [float(r) for r in lr]
+
+
+def check_restart(restart, where: str, option: str = "restart") -> None:
+    """When a stage's optimiser starts afresh: one of :data:`RESTARTS` (``option`` names it in the message)."""
+    if restart not in RESTARTS:
+        raise FlowKDError(f"{where}: {option} must be one of {', '.join(RESTARTS)}, got {restart!r}")
 
 
 def check_anneal_average(anneal, average, epochs: Sequence[int], where: str) -> None:
@@ -123,8 +129,7 @@ class Trainer:
         check_anneal_average(anneal, average, self.epochs, name)
         self.anneal, self.average = anneal, average
         self.avg, self.n_avg = None, 0  # the running mean of the last epochs' weights
-        if restart not in RESTARTS:
-            raise FlowKDError(f"{name}: restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
+        check_restart(restart, name)
         self.model, self.step, self.name, self.restart = model, step, name, restart
         self.optimizer, self.weight_decay, self.on_epoch, self.checkpoint = optimizer, weight_decay, on_epoch, checkpoint
         self.params = list(params) if params is not None else list(model.parameters())

@@ -41,6 +41,7 @@ class Pipeline:
             torch.backends.cudnn.benchmark = True
         self.rundir = RunDir(out_dir, to_dict(cfg), resume=resume, weights_format=cfg.weights_format, writer=self.main)
         self._forward: dict[str, nn.Module] = {}
+        self._partials: dict[str, dict] = {}  # what a killed run left of the stages it had begun (run reads them)
 
     # ---- building -------------------------------------------------------------------------------
     def load(self, only: list[str] | None = None) -> tuple[ArrayDataset, ArrayDataset]:
@@ -116,7 +117,7 @@ class Pipeline:
         """The stage's trainer, resumed from ``<stage>.partial.pt`` when a killed run left one; after every
         epoch its full state goes there, so that ``--resume`` continues exactly where the run stopped."""
         cfg, rundir, flow = self.cfg, self.rundir, stage.flow
-        partial = rundir.load_partial(stage.name, self.device)
+        partial = self._partials.pop(stage.name, None)
         records: list[dict] = []
         resume = None
         if partial is not None:
@@ -191,9 +192,9 @@ class Pipeline:
             done = state["completed"]
             # keep the metrics of completed stages and of the completed epochs of a stage being resumed
             kept = [r for name in done for r in done[name]["records"]]
-            for st in stages:
-                partial = rundir.load_partial(st.name, self.device) if st.name not in done else None
-                kept += list(partial["records"]) if partial is not None else []
+            self._partials = {st.name: p for st in stages if st.name not in done
+                              and (p := rundir.load_partial(st.name, self.device)) is not None}
+            kept += [r for p in self._partials.values() for r in p["records"]]
             rundir.reset_metrics(kept)
             infos, pending = {}, []
             for name in {s.name for s in self.cfg.stages} - {st.name for st in stages}:
