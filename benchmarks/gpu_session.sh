@@ -63,6 +63,9 @@ step bench_pkt 40 python3 benchmarks/bench_pkt.py --device $D --repeat 50
 step bench_epoch 170 python3 benchmarks/bench_epoch.py --data "$WORK/data/cifar10" --images $IMAGES --device $D \
     --epochs 3 --naive-repeat ${NAIVE_REPEAT:-2}
 
+# students of one architecture stacked into one network (grouped convolutions) vs one after another (issue 16)
+step bench_stack 40 python3 benchmarks/bench_stack.py --students 5 10 $([[ $D == cpu ]] && echo "--threads 1 --repeat 2 --no-cuda" || echo "--threads 16")
+
 step profile 45 python3 benchmarks/profile_student.py --data "$WORK/data/cifar10" --device $D --steps $STEPS \
     --amp --channels-last
 
