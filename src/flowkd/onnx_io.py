@@ -92,9 +92,7 @@ def _quiet_torch():
 
 def _user_frame(exc: BaseException, model: nn.Module) -> str:
     """``file:line `code``` of the deepest traceback frame outside torch and flowkd (the user's forward)."""
-    import flowkd
-
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(flowkd.__file__), os.path.dirname(contextlib.__file__))
+    skip = (os.path.dirname(torch.__file__), os.path.dirname(__file__), os.path.dirname(contextlib.__file__))  # torch, flowkd
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
     if not frames:
         return ""
