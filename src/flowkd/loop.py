@@ -5,6 +5,8 @@ sample positions, as ``Loader(with_index=True)`` does). The loop owns every per-
 of each phase, the optimiser and its restarts, and the step's ``per_epoch`` buffers (the layer pairs'
 weights), written before each epoch; plus the epoch averages of every term, the non-finite check, and the
 progress bar. Eager and captured (CUDA graph) training share one step function, ``_one_step``.
+(Just over 300 lines: the plan's rules — phases, annealing, restarts, averaging — and the Trainer that applies
+them are read together.)
 """
 
 from __future__ import annotations
