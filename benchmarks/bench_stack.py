@@ -26,6 +26,7 @@ from torch import nn
 from _common import machine, sync, write
 
 from flowkd.models import create_model
+from flowkd.taps import Taps
 
 
 class Stacked(nn.Module):
@@ -65,52 +66,48 @@ def _loss(logits, h):  # any scalar that reaches every parameter through both ou
     return logits.square().mean() + h.square().mean()
 
 
-def check_equal(students, stacked, x) -> float:
-    """Max abs difference of the outputs and of the first conv's gradient, stacked vs one by one."""
+def one_by_one(taps: list[Taps], x) -> torch.Tensor:
+    """Forward + backward of each student in turn (its fc1 read by a tap); their logits, stacked."""
     outs = []
-    for s in students:
-        s.zero_grad()
-        feats = {}
-        hook = s.fc1_relu.register_forward_hook(lambda m, i, o: feats.__setitem__("h", o))
-        logits = s(x)
-        hook.remove()
-        _loss(logits, feats["h"]).backward()
+    for t in taps:
+        logits, feats = t(x)
+        _loss(logits, feats["fc1_relu"]).backward()
         outs.append(logits.detach())
-    stacked.zero_grad()
+    return torch.stack(outs)
+
+
+def together(stacked: Stacked, x) -> torch.Tensor:
+    """Forward + backward of the stacked network, the same loss per student; its (K, B, classes) logits."""
     logits, h = stacked(x)
     sum(_loss(logits[i], h[i]) for i in range(stacked.k)).backward()
-    d_out = (logits.detach() - torch.stack(outs)).abs().max().item()
+    return logits.detach()
+
+
+def check_equal(students, taps, stacked, x) -> float:
+    """Max abs difference of the outputs and of the first conv's gradient, stacked vs one by one."""
+    for m in (*students, stacked):
+        m.zero_grad()
+    d_out = (together(stacked, x) - one_by_one(taps, x)).abs().max().item()
     d_grad = (stacked.w1.grad - torch.cat([s.conv1.weight.grad for s in students])).abs().max().item()
     return max(d_out, d_grad)
 
 
-def time_both(students, stacked, x, repeat: int, device) -> tuple[float, float]:
+def time_both(taps, stacked, x, repeat: int, device) -> tuple[float, float]:
     """Median seconds of one forward + backward: the K students one after another, and stacked."""
-    def one_by_one():
-        for s in students:
-            feats = {}
-            hook = s.fc1_relu.register_forward_hook(lambda m, i, o: feats.__setitem__("h", o))
-            logits = s(x)
-            hook.remove()
-            _loss(logits, feats["h"]).backward()
-
-    def together():
-        logits, h = stacked(x)
-        sum(_loss(logits[i], h[i]) for i in range(stacked.k)).backward()
-
-    times = {one_by_one: [], together: []}
-    for fn in (one_by_one, together):  # warm-up
+    runs = {"one_by_one": lambda: one_by_one(taps, x), "together": lambda: together(stacked, x)}
+    times = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
         for _ in range(3):
             fn()
     for _ in range(repeat):  # alternate, so that both see the same machine state
-        for fn in (one_by_one, together):
+        for name, fn in runs.items():
             sync(device)
             t0 = time.perf_counter()
             fn()
             sync(device)
-            times[fn].append(time.perf_counter() - t0)
-    med = lambda v: sorted(v)[len(v) // 2]
-    return med(times[one_by_one]), med(times[together])
+            times[name].append(time.perf_counter() - t0)
+    upper_median = lambda v: sorted(v)[len(v) // 2]
+    return upper_median(times["one_by_one"]), upper_median(times["together"])
 
 
 def main():
@@ -135,8 +132,11 @@ def main():
             students = [create_model("verytiny").to(device, memory_format=layout) for _ in range(k)]
             stacked = Stacked(students).to(device, memory_format=layout)
             x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(memory_format=layout)
-            diff = check_equal(students, stacked, x)
-            seq, stk = time_both(students, stacked, x, args.repeat, device)
+            taps = [Taps(st, ["fc1_relu"]) for st in students]
+            diff = check_equal(students, taps, stacked, x)
+            seq, stk = time_both(taps, stacked, x, args.repeat, device)
+            for t in taps:
+                t.remove()
             rows.append({"device": dev, "threads": threads, "students": k, "one_by_one_ms": round(seq * 1e3, 3),
                          "stacked_ms": round(stk * 1e3, 3), "speedup": round(seq / stk, 3), "max_abs_diff": diff})
             print(rows[-1])
