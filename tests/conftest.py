@@ -1,10 +1,9 @@
 import os
 
+import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-import pytest
 
 
 @pytest.fixture

@@ -41,7 +41,6 @@ class Pipeline:
             torch.backends.cudnn.benchmark = True
         self.rundir = RunDir(out_dir, to_dict(cfg), resume=resume, weights_format=cfg.weights_format, writer=self.main)
         self._forward: dict[str, nn.Module] = {}
-        self._partials: dict[str, dict] = {}  # what a killed run left of the stages it had begun (run reads them)
 
     # ---- building -------------------------------------------------------------------------------
     def load(self, only: list[str] | None = None) -> tuple[ArrayDataset, ArrayDataset]:
@@ -113,11 +112,11 @@ class Pipeline:
                 trained.add(s.model)
 
     # ---- running --------------------------------------------------------------------------------
-    def _trainer(self, stage: Stage) -> Trainer:
-        """The stage's trainer, resumed from ``<stage>.partial.pt`` when a killed run left one; after every
-        epoch its full state goes there, so that ``--resume`` continues exactly where the run stopped."""
+    def _trainer(self, stage: Stage, partial: dict | None = None) -> Trainer:
+        """The stage's trainer, resumed from ``partial`` (what ``<stage>.partial.pt`` holds, when a killed run
+        left one); after every epoch its full state goes there, so that ``--resume`` continues exactly where
+        the run stopped."""
         cfg, rundir, flow = self.cfg, self.rundir, stage.flow
-        partial = self._partials.pop(stage.name, None)
         records: list[dict] = []
         resume = None
         if partial is not None:
@@ -162,13 +161,15 @@ class Pipeline:
         tr.all_records = records
         return tr
 
-    def train_group(self, group: list[Stage]) -> tuple[list[Trainer], dict[str, FlowKDError]]:
-        """Train a cohort (or a single stage) in one pass over the data: its trainers and the errors of the
-        stages that failed (a failure of a single stage is raised)."""
+    def train_group(self, group: list[Stage], partials: dict | None = None) -> tuple[list[Trainer], dict[str, FlowKDError]]:
+        """Train a cohort (or a single stage) in one pass over the data, resuming the stages found in
+        ``partials``: its trainers and the errors of the stages that failed (a failure of a single stage is
+        raised)."""
+        partials = partials or {}
         group[0].seed(self.cfg.seed)
         shared = share_teachers(group) if len(group) > 1 and not self.cfg.fast.cuda_graph else []
         try:
-            trainers = [self._trainer(st) for st in group]
+            trainers = [self._trainer(st, partials.get(st.name)) for st in group]
             errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress)
         finally:
             for t in shared:
@@ -192,9 +193,9 @@ class Pipeline:
             done = state["completed"]
             # keep the metrics of completed stages and of the completed epochs of a stage being resumed
             kept = [r for name in done for r in done[name]["records"]]
-            self._partials = {st.name: p for st in stages if st.name not in done
-                              and (p := rundir.load_partial(st.name, self.device)) is not None}
-            kept += [r for p in self._partials.values() for r in p["records"]]
+            partials = {st.name: p for st in stages if st.name not in done
+                        and (p := rundir.load_partial(st.name, self.device)) is not None}
+            kept += [r for p in partials.values() for r in p["records"]]
             rundir.reset_metrics(kept)
             infos, pending = {}, []
             for name in {s.name for s in self.cfg.stages} - {st.name for st in stages}:
@@ -210,7 +211,7 @@ class Pipeline:
                 broken = self._failed_models(stages, failed)
                 if any(st.teacher_name in broken or st.model_name in broken for st in group):
                     raise next(iter(failed.values()))  # a later stage needs what the failed one trains
-                infos.update(self._run_group(group, failed))
+                infos.update(self._run_group(group, failed, partials))
         finally:
             for st in stages:
                 st.close()
@@ -234,11 +235,11 @@ class Pipeline:
     def _failed_models(stages: list[Stage], failed: dict) -> set[str]:
         return {st.model_name for st in stages if st.name in failed}
 
-    def _run_group(self, group: list[Stage], failed: dict) -> dict:
+    def _run_group(self, group: list[Stage], failed: dict, partials: dict) -> dict:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        trainers, errors = self.train_group(group)
+        trainers, errors = self.train_group(group, partials)
         wall = time.perf_counter() - t0
         infos = {}
         for st, tr in zip(group, trainers):
