@@ -9,6 +9,7 @@ import torch
 from flowkd.cli import main
 from flowkd.cohort import SharedTeacher, cohorts, share_teachers
 from flowkd.config import load_config
+from flowkd.errors import FlowKDError
 from flowkd.io import load_weights
 from helpers import DEMO, run_args
 
@@ -25,9 +26,18 @@ def _strip(lines):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in lines]
 
 
-def test_a_cohort_trains_bit_identically_to_one_stage_after_another(tmp_path):
-    assert _run(tmp_path / "cohort") == 0
-    assert _run(tmp_path / "seq", "cohort=false") == 0
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_cohort_trains_bit_identically_to_one_stage_after_another(tmp_path, workers):
+    """One at a time (at the process's threads), and side by side: two students stepping at once on one
+    thread each, against one after another on one thread."""
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(1)
+    try:
+        assert _run(tmp_path / "cohort", f"fast.student_workers={workers}") == 0
+        assert _run(tmp_path / "seq", "cohort=false") == 0
+    finally:
+        torch.set_num_threads(threads)
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cohort", "seq"))
     # the cohorts did form: the three students in one pass, the teacher with the auxiliary's labels stage
     assert a["stages"]["student"]["cohort"] == ["student", "student_labels", "student_pkt"]
@@ -139,3 +149,95 @@ def test_bad_sweeps_are_refused(tmp_path, capsys, sets, fragment):
     assert _run(tmp_path / "r", *sets) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def _dropout_net(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(32, 10))
+
+
+def _cohort_of(nets, workers, log):
+    """Train ``nets`` (cross-entropy, 2 epochs over 6 fixed batches) as one cohort; their weights."""
+    from flowkd.cohort import train_cohort
+    from flowkd.loop import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(6)]
+
+    def step_of(net):
+        return lambda x, y: {"loss": torch.nn.functional.cross_entropy(net(x), y)}
+
+    torch.manual_seed(123)  # the dropout draws
+    trainers = [Trainer(n, step_of(n), epochs=[2], lr=[1e-2], name=f"s{i}") for i, n in enumerate(nets)]
+    assert train_cohort(batches, trainers, show_progress=False, workers=workers, threads=1, log=log) == {}
+    return [{k: v.clone() for k, v in n.state_dict().items()} for n in nets]
+
+
+def test_students_that_draw_random_numbers_step_one_at_a_time_side_by_side(one_thread):
+    """Dropout draws from the global generator: side by side the draws would come in a varying order, so
+    such a cohort steps one student at a time, in the order of a cohort on one thread (same weights)."""
+    said = []
+    side = _cohort_of([_dropout_net(i) for i in range(3)], 2, said.append)
+    alone = _cohort_of([_dropout_net(i) for i in range(3)], 1, said.append)
+    assert len(said) == 1 and "s0, s1, s2 draw(s) random numbers" in said[0]
+    for a, b in zip(side, alone):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # students without random draws: side by side, no message, the weights of the one-thread cohort
+    plain = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for _ in range(3)]
+    twins = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) for _ in range(3)]
+    for p, t in zip(plain, twins):
+        t.load_state_dict(p.state_dict())
+    said.clear()
+    side, alone = _cohort_of(plain, 2, said.append), _cohort_of(twins, 1, said.append)
+    assert said == []
+    for a, b in zip(side, alone):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_students_reading_the_same_teacher_taps_share_the_teachers_side_of_pkt(monkeypatch):
+    import flowkd.flow
+    from flowkd.flow import InformationFlowLoss
+    from flowkd.models import create_model
+    from flowkd.steps import DistillStep
+
+    calls = []
+    real = flowkd.flow.pairs_target
+    monkeypatch.setattr(flowkd.flow, "pairs_target", lambda *a: calls.append(1) or real(*a))
+    teacher = _Counting()
+    pairs = [("fc1", "pool3"), ("fc2", "fc2")]
+    shared = SharedTeacher(teacher, ["fc1", "fc2"])
+    students = [create_model("digits_cnn", in_channels=1, in_size=8) for _ in range(2)]
+    steps = [DistillStep(s, shared, InformationFlowLoss(pairs)) for s in students]
+    alone = DistillStep(students[0], teacher, InformationFlowLoss(pairs))  # the same student, unshared
+    x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
+    terms = [st(x, y) for st in steps]
+    assert len(calls) == 1  # once for both students
+    assert torch.equal(terms[0]["loss"], alone(x, y)["loss"])  # the same value as a step of its own
+    steps[1](torch.randn(16, 1, 8, 8), y)
+    assert len(calls) == 2  # a new batch: computed again
+    shared.remove()
+    alone.close()
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("0", "fast.student_workers must be \"auto\" or a whole number >= 1, got 0"),
+    ("'many'", "fast.student_workers must be \"auto\" or a whole number >= 1, got 'many'"),
+])
+def test_bad_student_workers_are_refused_before_training(tmp_path, capsys, value, fragment):
+    assert _run(tmp_path / "r", f"fast.student_workers={value}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_worker_plan():
+    from flowkd.cohort import worker_plan
+
+    n = torch.get_num_threads()
+    assert worker_plan("auto", 5, torch.device("cpu")) == (min(5, n), n if min(5, n) == 1 else n // min(5, n))
+    assert worker_plan(1, 5, torch.device("cpu")) == (1, n)
+    assert worker_plan(4, 2, torch.device("cpu"))[0] == 2  # never more workers than students
+    assert worker_plan("auto", 5, torch.device("cuda")) == (1, n)  # side by side is a CPU mechanism
+    with pytest.raises(FlowKDError, match="on a CPU only"):
+        worker_plan(2, 5, torch.device("cuda"))

@@ -7,12 +7,23 @@ loss, schedule, optimiser, learning-rate plan, records and checkpoints (``flowkd
 the weights and metrics are bit-identical to training the same stages one after another.
 
 A student whose training fails (a non-finite loss) stops with its own error; the others go on.
+
+On a CPU the students of a batch also step *at the same time* (``workers`` > 1, ``fast.student_workers``): each
+on a worker thread of its own running its operations on ``threads`` threads, while a further thread gathers and
+augments the next batch and computes the shared teachers' taps for it. Tiny students leave most of a CPU's
+cores idle inside one operation; side by side they use them. The weights are then bit-identical to training the
+same stages one after another with ``torch.set_num_threads(threads)`` (a float sum split over other thread
+counts rounds differently). A student whose step draws random numbers (dropout, say) would draw them in a
+different order from run to run side by side: the first batch checks for that, and such a cohort steps its
+students one at a time (on the same threads, so the run stays reproducible).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -22,7 +33,7 @@ from .stages import Stage
 from .steps import DistillStep
 from .taps import FrozenTaps
 
-__all__ = ["cohorts", "train_cohort", "SharedTeacher"]
+__all__ = ["cohorts", "train_cohort", "SharedTeacher", "SharedFeatures", "worker_plan"]
 
 
 def cohorts(stages: Sequence[Stage]) -> list[list[Stage]]:
@@ -45,22 +56,60 @@ def _independent(st: Stage, group: list[Stage]) -> bool:
     return st.model_name not in trained and st.teacher_name not in trained and st.model_name not in teachers
 
 
+class Memo:
+    """Values derived from one batch's teacher features, computed once by the first student that asks
+    (the others, on other threads too, wait for it and read the same tensors)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._locks: dict = {}
+        self._values: dict = {}
+
+    def get(self, key, compute: Callable):
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = compute()
+            return self._values[key]
+
+
+class SharedFeatures(dict):
+    """A shared teacher's taps of one batch (tap -> features), with a :class:`Memo` for what the students
+    derive from them alike (the teachers' side of PKT: ``flowkd.flow``)."""
+
+    def __init__(self, feats: dict):
+        super().__init__(feats)
+        self.memo = Memo()
+
+
 class SharedTeacher:
     """A frozen network's taps for every student of a cohort that reads it: computed once per batch (the union
     of the students' taps), then handed to each student's step."""
 
     def __init__(self, model, specs, inference_mode: bool = True):
         self.frozen = FrozenTaps(model, specs, inference_mode)
-        self._x, self._feats = None, None
+        self._ready: dict[int, tuple[torch.Tensor, dict]] = {}  # by the batch tensor's id (the tensor kept with it)
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x is not self._x:  # the cohort hands every student the same batch tensor
-            self._x, self._feats = x, self.frozen(x)
-        return self._feats
+        hit = self._ready.get(id(x))
+        if hit is not None and hit[0] is x:  # the cohort hands every student the same batch tensor
+            return hit[1]
+        feats = SharedFeatures(self.frozen(x))
+        self._ready = {id(x): (x, feats)}  # one batch at a time: the previous one is done
+        return feats
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Compute the taps of a batch to come (students side by side: on the thread that makes the batches)."""
+        self._ready[id(x)] = (x, SharedFeatures(self.frozen(x)))
+
+    def release(self, x: torch.Tensor) -> None:
+        """Every student is done with batch ``x``."""
+        self._ready.pop(id(x), None)
 
     def remove(self) -> None:
         self.frozen.remove()
-        self._x = self._feats = None
+        self._ready = {}
 
 
 def share_teachers(group: list[Stage]) -> list[SharedTeacher]:
@@ -83,12 +132,129 @@ def share_teachers(group: list[Stage]) -> list[SharedTeacher]:
     return shared
 
 
+def worker_plan(setting: int | str, students: int, device: torch.device, where: str = "fast.student_workers"
+                ) -> tuple[int, int]:
+    """How many students of a cohort step at once, and the threads each one's operations run on:
+    ``setting`` "auto" (on a CPU, as many as the threads allow: ``min(students, torch threads)``) or a whole
+    number >= 1 (1: one at a time, at the process's threads). Students side by side are a CPU mechanism."""
+    threads = torch.get_num_threads()
+    if setting == "auto":
+        workers = min(students, threads) if device.type == "cpu" else 1
+    elif isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
+        if setting > 1 and device.type != "cpu":
+            raise FlowKDError(f"{where} = {setting}: students step side by side on a CPU only; this run's device "
+                              f"is {device} (set it to 1 or \"auto\")")
+        workers = min(setting, students)
+    else:
+        raise FlowKDError(f"{where} must be \"auto\" or a whole number >= 1, got {setting!r}")
+    workers = max(1, workers)
+    return workers, (threads if workers == 1 else max(1, threads // workers))
+
+
+class _SideBySide:
+    """A cohort's epochs on a pool of workers. Each student steps through the batches in order, as soon as its
+    step on the batch before is done and the batch is made: no student waits for the others at a batch's end.
+    The batches are made (gathered, augmented, the shared ``teachers``' taps computed) as tasks of the same
+    pool, at most ``WINDOW`` alive at once. The cohort's first batch is stepped one student at a time to see
+    whether a step draws from the global random generator; if one does, every later step runs one at a time,
+    batch after batch and student after student (the order of a cohort on one thread, so the draws are
+    reproducible)."""
+
+    WINDOW = 2
+
+    def __init__(self, pool: ThreadPoolExecutor, teachers: Sequence[SharedTeacher], log: Callable[[str], None]):
+        self.pool, self.teachers, self.log = pool, teachers, log
+        self.checking, self.one_at_a_time, self.drawn = True, False, []
+
+    def epoch(self, loader, active: Sequence[Trainer], cost: dict[str, float]) -> Iterator[None]:
+        """Train ``active`` over one pass of ``loader``; yields each time every student is done with a batch."""
+        it, teachers, pool = iter(loader), self.teachers, self.pool
+
+        def make():
+            b = next(it, None)
+            if b is not None:
+                for s in teachers:
+                    s.prepare(b[0])
+            return b
+
+        n = len(active)
+        order = sorted(range(n), key=lambda k: -cost.get(active[k].name, 0.0))  # the costliest steps first
+        made: dict[int, tuple] = {}   # batch number -> batch, until every student is done with it
+        left: dict[int, int] = {}     # batch number -> students still to step on it
+        at = [0] * n                  # each student's next batch
+        busy = {pool.submit(make): -1}  # future -> the student stepping (-1: a batch being made)
+        n_made, ended, rng = 0, False, None
+        try:
+            while busy:
+                done, _ = wait(busy, return_when=FIRST_COMPLETED)
+                for f in done:
+                    who, out = busy.pop(f), f.result()  # a step's error is raised here
+                    if who < 0:
+                        if out is None:
+                            ended = True
+                        else:
+                            made[n_made], left[n_made], n_made = out, n, n_made + 1
+                        continue
+                    if rng is not None:  # checking: the only step that ran
+                        if not torch.equal(rng, torch.get_rng_state()):
+                            self.drawn.append(active[who].name)
+                        rng = None
+                    i = at[who]
+                    at[who], left[i] = i + 1, left[i] - 1
+                    if not left[i]:
+                        for s in teachers:
+                            s.release(made[i][0])
+                        del made[i], left[i]
+                        if self.checking:
+                            self._checked()
+                        yield
+                if not ended and -1 not in busy.values() and len(made) < self.WINDOW:
+                    busy[pool.submit(make)] = -1  # before the steps: the first free worker makes it
+                stepping = {w for w in busy.values() if w >= 0}
+                if self.checking or self.one_at_a_time:
+                    if not stepping:
+                        i, k = min((at[k], k) for k in range(n))
+                        if i in made:
+                            rng = torch.get_rng_state() if self.checking else None
+                            busy[pool.submit(active[k].batch, made[i])] = k
+                else:
+                    for k in order:
+                        if k not in stepping and at[k] in made:
+                            busy[pool.submit(active[k].batch, made[at[k]])] = k
+        finally:
+            wait(busy)
+
+    def _checked(self) -> None:
+        self.checking = False
+        if self.drawn:
+            self.one_at_a_time = True
+            self.log(f"cohort: {', '.join(self.drawn)} draw(s) random numbers in the training step; the students "
+                     "step one at a time (side by side the draws' order would vary from run to run)")
+
+
 def train_cohort(loader, trainers: Sequence[Trainer], *, show_progress: bool = True,
-                 on_failure: Callable[[Trainer, FlowKDError], None] | None = None) -> dict[str, FlowKDError]:
+                 on_failure: Callable[[Trainer, FlowKDError], None] | None = None,
+                 workers: int = 1, threads: int | None = None, teachers: Sequence[SharedTeacher] = (),
+                 log: Callable[[str], None] = print) -> dict[str, FlowKDError]:
     """Train every trainer over the same batches of ``loader``, epoch by epoch (a trainer resumed further on
     skips the epochs it has done; one with fewer epochs stops earlier). Returns the errors of the trainers
-    that failed, by name; the others run to their end."""
+    that failed, by name; the others run to their end.
+
+    ``workers`` > 1: the students step side by side on that many threads, each running its operations on
+    ``threads`` threads, while the batches (and ``teachers``' taps for them) are made ahead on a thread of
+    their own (see the module's notes)."""
+    if workers > 1 and len(trainers) > 1:
+        threads = threads or max(1, torch.get_num_threads() // workers)
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,),
+                                thread_name_prefix="flowkd-student") as pool:
+            return _train(loader, trainers, show_progress, on_failure, pool, teachers, log)
+    return _train(loader, trainers, show_progress, on_failure, None, teachers, log)
+
+
+def _train(loader, trainers, show_progress, on_failure, pool, teachers, log) -> dict[str, FlowKDError]:
     failed: dict[str, FlowKDError] = {}
+    side = _SideBySide(pool, teachers, log) if pool is not None else None
+    cost: dict[str, float] = {}
     first = min(t.first for t in trainers)
     total = max(t.total for t in trainers)
     names = ", ".join(t.name for t in trainers)
@@ -102,10 +268,16 @@ def train_cohort(loader, trainers: Sequence[Trainer], *, show_progress: bool = T
             t.begin(epoch)
         t0 = time.perf_counter()
         label = active[0].name if len(trainers) == 1 else f"cohort ({names})"
-        for batch in progress(loader, f"{label} {epoch + 1}/{total}", total=len(loader), enabled=show_progress):
-            for t in active:
-                t.batch(batch)
+        bar = dict(desc=f"{label} {epoch + 1}/{total}", total=len(loader), enabled=show_progress)
+        if side is None:
+            for batch in progress(loader, **bar):
+                for t in active:
+                    t.batch(batch)
+        else:
+            for _ in progress(side.epoch(loader, active, cost), **bar):
+                pass
         wall = time.perf_counter() - t0 if len(active) == 1 else None  # alone: the epoch's wall time
+        cost = {t.name: t.time_s for t in active}
         for t in active:
             try:
                 t.end(epoch, wall)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import FlowKDError
-from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pkt_pairs
+from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pairs_target, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
 from .taps import parse_tap
 
@@ -82,15 +82,22 @@ class InformationFlowLoss(nn.Module):
         self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int | None = None
     ) -> dict[str, torch.Tensor]:
         """The weighted sum. The weights are ``weight_buffer`` (what the training loop writes before each
-        epoch), or the schedule's weights at ``epoch`` when one is given (for use outside the loop)."""
+        epoch), or the schedule's weights at ``epoch`` when one is given (for use outside the loop).
+        A ``teacher`` mapping with a ``memo`` (a cohort's shared teacher, ``flowkd.cohort.SharedFeatures``)
+        keeps the teachers' side of the PKT stack there: computed once per batch for every student whose
+        pairs read the same teacher taps (same values as computing it here)."""
         if epoch is None:
             weights = self.weight_buffer
         else:
             weights = torch.tensor(self.weights(epoch), dtype=torch.float32, device=self.weight_buffer.device)
         if self.batched:
             first = self.pair_losses[0]
-            stacked = pkt_pairs([teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs],
-                                first.divergence, first.log_eps)
+            ts, ss = [teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs]
+            memo = getattr(teacher, "memo", None)  # a cohort's shared teacher: its side once per batch
+            target = None if memo is None else memo.get(
+                ("pkt", tuple(t for t, _ in self.pairs), first.log_eps, any(x.dtype == torch.float64 for x in ss)),
+                lambda: pairs_target(ts, ss, first.log_eps))
+            stacked = pkt_pairs(ts, ss, first.divergence, first.log_eps, target=target)
         else:
             stacked = torch.stack([loss(teacher[t], student[s]).float()
                                    for (t, s), loss in zip(self.pairs, self.pair_losses)])

@@ -18,7 +18,7 @@ from .distributed import init_distributed
 from .errors import FlowKDError, warn
 from .cost import model_cost
 from .evaluation import evaluate_representation
-from .cohort import cohorts, share_teachers, train_cohort
+from .cohort import cohorts, share_teachers, train_cohort, worker_plan
 from .loop import Trainer
 from .report import results_table
 from .rundir import RunDir, cpu_state
@@ -71,6 +71,7 @@ class Pipeline:
             raise FlowKDError(f"fast.cuda_graph needs a CUDA device; this run's device is {self.device}")
         if cfg.fast.cuda_graph and self.dist.enabled:
             raise FlowKDError("fast.cuda_graph does not combine with distributed training; set fast.cuda_graph=false")
+        worker_plan(cfg.fast.student_workers, 2, self.device)  # a bad value fails here, before any training
         for name in run.eval_models():
             run.tap_shapes(name, [run.representation(name)])
         n = len(run.train_set)
@@ -167,10 +168,14 @@ class Pipeline:
         raised)."""
         partials = partials or {}
         group[0].seed(self.cfg.seed)
-        shared = share_teachers(group) if len(group) > 1 and not self.cfg.fast.cuda_graph else []
+        fast = self.cfg.fast
+        shared = share_teachers(group) if len(group) > 1 and not fast.cuda_graph else []
+        # students side by side: not with collectives (each rank's students would meet them in any order)
+        workers, threads = worker_plan(fast.student_workers if not self.dist.enabled else 1, len(group), self.device)
         try:
             trainers = [self._trainer(st, partials.get(st.name)) for st in group]
-            errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress)
+            errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress, workers=workers,
+                                  threads=threads, teachers=shared, log=self.log)
         finally:
             for t in shared:
                 t.remove()

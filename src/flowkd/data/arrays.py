@@ -141,13 +141,15 @@ class Loader:
     teacher given as precomputed per-sample features looks its rows up by).
     Consecutive batches are gathered, augmented and normalised together, about ``chunk_bytes`` of float
     images at a time (a few large operations instead of a dozen small ones per batch); the batches are views
-    of that chunk and equal, bit for bit, the ones made one at a time (``chunk_bytes=0``).
+    of that chunk and equal, bit for bit, the ones made one at a time (``chunk_bytes=0``). The default
+    (``None``) is 64 MiB on a GPU (fewer kernel launches) and 8 MiB on a CPU, where a chunk that stays in the
+    cache is faster and the training waits less at each chunk's start.
     """
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
                  augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
                  channels_last: bool = False, rank: int = 0, world: int = 1, with_index: bool = False,
-                 chunk_bytes: int = 64 << 20):
+                 chunk_bytes: int | None = None):
         if batch_size < 1:
             raise FlowKDError(f"batch size must be positive, got {batch_size}")
         if batch_size < world:
@@ -155,7 +157,8 @@ class Loader:
         self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
         self.rank, self.world, self.with_index = rank, world, with_index
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes if chunk_bytes is not None else (
+            64 << 20 if data.images.device.type == "cuda" else 8 << 20)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

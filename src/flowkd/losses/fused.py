@@ -28,7 +28,7 @@ import torch
 
 from .kernels import EPS
 
-__all__ = ["pkt_stack"]
+__all__ = ["pkt_stack", "pkt_target"]
 
 
 def _kernels(xs: list[torch.Tensor]):
@@ -59,8 +59,9 @@ def _kernels(xs: list[torch.Tensor]):
 
 class _PKTStack(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kl: bool, log_eps: float | None, n_pairs: int, *mats: torch.Tensor) -> torch.Tensor:
-        # mats: the L teacher matrices, then the L student matrices, flat, of one floating dtype
+    def forward(ctx, kl: bool, log_eps: float | None, n_pairs: int, target, *mats: torch.Tensor) -> torch.Tensor:
+        # mats: the L teacher matrices, then the L student matrices, flat, of one floating dtype; or, when
+        # ``target`` holds the teachers' (P, log(P + l)) (see pkt_target), the L student matrices only
         L = n_pairs
         k, cen, cos, outer, norm, dist = _kernels(list(mats))
         r = k.sum(-1, keepdim=True)
@@ -68,13 +69,16 @@ class _PKTStack(torch.autograd.Function):
         le = log_eps or 0.0
         qe = q + le if le else q
         logs = qe.log()
-        p, qs, lp, lq = q[:, :L], q[:, L:], logs[:, :L], logs[:, L:]
+        if target is None:
+            p, lp, s = q[:, :L], logs[:, :L], slice(L, None)
+        else:
+            (p, lp), s = target, slice(None)
+        qs, lq = q[:, s], logs[:, s]
         ld = lp - lq
         d = (p - qs) * ld if not kl else p * ld
         value = d.mean((-1, -2))                                   # (2, L): cosine values, Student-t values
-        s = slice(L, None)
-        ctx.kl, ctx.n = kl, k.shape[-1]
-        ctx.save_for_backward(*mats[L:], *cen[L:], k[:, s], r[:, s], qs, qe[:, s], p, ld, cos[s], outer[s], norm[s], dist[s])
+        ctx.kl, ctx.n, ctx.first = kl, k.shape[-1], 4 + (L if target is None else 0)
+        ctx.save_for_backward(*mats[s], *cen[s], k[:, s], r[:, s], qs, qe[:, s], p, ld, cos[s], outer[s], norm[s], dist[s])
         return value
 
     @staticmethod
@@ -98,14 +102,28 @@ class _PKTStack(torch.autograd.Function):
             dd2.diagonal(dim1=1, dim2=2).zero_()
             e2 = (dd2 + dd2.transpose(1, 2)).mul_(-2.0)
             e2.diagonal(dim1=1, dim2=2).sub_(e2.sum(-1))
-            grads = [torch.addmm(torch.mm(m1[i], xs[i]), e2[i], cen[i]) if ctx.needs_input_grad[3 + L + i] else None
+            grads = [torch.addmm(torch.mm(m1[i], xs[i]), e2[i], cen[i]) if ctx.needs_input_grad[ctx.first + i] else None
                      for i in range(L)]
-        return (None, None, None, *([None] * L), *grads)
+        return (None, None, None, None, *([None] * (ctx.first - 4)), *grads)
 
 
-def pkt_stack(teachers: list[torch.Tensor], students: list[torch.Tensor], kl: bool = False,
-              log_eps: float | None = 1e-6) -> torch.Tensor:
+def pkt_target(teachers: list[torch.Tensor], log_eps: float | None = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teachers' side of :func:`pkt_stack`: their conditional probabilities P (2, L, N, N: cosine, then
+    Student-t) and log(P + l), computed without gradient. Students of one cohort that read the same teacher
+    taps share it (``pkt_stack(..., target=)``); the values are those pkt_stack computes for itself."""
+    with torch.no_grad():
+        k = _kernels([t.detach() for t in teachers])[0]
+        p = k / k.sum(-1, keepdim=True)
+        le = log_eps or 0.0
+        return p, (p + le if le else p).log()
+
+
+def pkt_stack(teachers: list[torch.Tensor] | None, students: list[torch.Tensor], kl: bool = False,
+              log_eps: float | None = 1e-6, target: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(2, L) PKT values of L (teacher, student) pairs of flat matrices of one dtype: row 0 the cosine
     kernel's, row 1 the Student-t kernel's; Jeffreys divergence, or KL (teacher first) with ``kl``.
-    Gradients flow to the students only."""
-    return _PKTStack.apply(kl, log_eps, len(students), *[t.detach() for t in teachers], *students)
+    Gradients flow to the students only. ``target``: the teachers' side already computed
+    (:func:`pkt_target` of the same teachers and ``log_eps``), in place of ``teachers``."""
+    if target is not None:
+        return _PKTStack.apply(kl, log_eps, len(students), target, *students)
+    return _PKTStack.apply(kl, log_eps, len(students), None, *[t.detach() for t in teachers], *students)

@@ -8,10 +8,10 @@ import torch
 
 from ..errors import FlowKDError
 from .divergences import DIVERGENCES
-from .fused import pkt_stack
+from .fused import pkt_stack, pkt_target
 from .kernels import KERNELS, conditional
 
-__all__ = ["pkt_loss", "pkt_pairs", "PKTLoss", "KERNEL_CHOICES"]
+__all__ = ["pkt_loss", "pkt_pairs", "pairs_target", "PKTLoss", "KERNEL_CHOICES"]
 
 # "combined" is the paper's choice: the cosine and Student-t losses added.
 KERNEL_CHOICES = {"combined": ("cosine", "student_t")} | {k: (k,) for k in KERNELS}
@@ -56,11 +56,25 @@ def pkt_loss(
     return total
 
 
+def _dtype(xs: Sequence[torch.Tensor]) -> torch.dtype:
+    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
+
+
+def pairs_target(teachers: Sequence[torch.Tensor], students: Sequence[torch.Tensor],
+                 log_eps: float | None = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teachers' side of :func:`pkt_pairs` (their similarity distributions and logs, in the dtype
+    pkt_pairs computes in for these students): what ``pkt_pairs(..., target=)`` takes."""
+    with torch.autocast(device_type=teachers[0].device.type, enabled=False):
+        dtype = _dtype((*teachers, *students))
+        return pkt_target([_flat(t).to(dtype) for t in teachers], log_eps)
+
+
 def pkt_pairs(
     teachers: Sequence[torch.Tensor],
     students: Sequence[torch.Tensor],
     divergence: str = "jeffreys",
     log_eps: float | None = 1e-6,
+    target: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """PKT with the combined kernel for L (teacher, student) pairs of one batch at once: a vector of the L
     values, each equal to ``pkt_loss(teachers[l], students[l], "combined", ...)``.
@@ -68,7 +82,9 @@ def pkt_pairs(
     The information-flow loss of several layer pairs is many small N x N operations per pair; stacking the
     pairs runs each of them once, and the backward is written out (``flowkd.losses.fused``): kernel count is
     what bounds a small student's step on a GPU. ``divergence`` is ``jeffreys`` or ``kl``. Computed in float32
-    (float64 inputs in float64) with autocast off; gradients reach the students only.
+    (float64 inputs in float64) with autocast off; gradients reach the students only. ``target``: the
+    teachers' side, already computed by :func:`pairs_target` for these teachers, students and ``log_eps``
+    (students of a cohort reading the same teacher taps share it); the values are the same.
     """
     if len(teachers) != len(students) or not teachers:
         raise FlowKDError(f"pkt_pairs needs as many teacher as student matrices, got {len(teachers)} and {len(students)}")
@@ -77,10 +93,11 @@ def pkt_pairs(
     n = {x.shape[0] for x in (*teachers, *students)}
     if len(n) != 1:
         raise FlowKDError(f"PKT needs the same batch on both sides and in every pair, got batch sizes {sorted(n)}")
-    dtype = torch.float64 if any(x.dtype == torch.float64 for x in (*teachers, *students)) else torch.float32
+    dtype = _dtype((*teachers, *students))
     with torch.autocast(device_type=students[0].device.type, enabled=False):
-        values = pkt_stack([_flat(t).to(dtype) for t in teachers], [_flat(s).to(dtype) for s in students],
-                           kl=divergence == "kl", log_eps=log_eps)   # (2, L): cosine, Student-t
+        ts = [_flat(t).to(dtype) for t in teachers] if target is None else None
+        values = pkt_stack(ts, [_flat(s).to(dtype) for s in students], kl=divergence == "kl", log_eps=log_eps,
+                           target=target)   # (2, L): cosine, Student-t
         return values.sum(0)
 
 
