@@ -1,16 +1,18 @@
-"""Many students in one pass: consecutive stages that read the same data train in lockstep.
+"""Many students in one pass: consecutive stages that read the same data train together.
 
 A cohort's stages see the same batches (same loader: order and augmentation draws come from the run's data
 seed), so each batch is gathered and augmented once, and each frozen teacher network computes its taps once
-per batch for every student that reads it (the union of their taps). Each student keeps its own step,
+per batch for every student that reads it (the union of their taps); students whose layer pairs read the same
+teacher taps also share the teacher's side of PKT (``SharedFeatures.memo``). Each student keeps its own step,
 loss, schedule, optimiser, learning-rate plan, records and checkpoints (``flowkd.loop.Trainer``); on a CPU
 the weights and metrics are bit-identical to training the same stages one after another.
 
 A student whose training fails (a non-finite loss) stops with its own error; the others go on.
 
-On a CPU the students of a batch also step *at the same time* (``workers`` > 1, ``fast.student_workers``): each
-on a worker thread of its own running its operations on ``threads`` threads, while a further thread gathers and
-augments the next batch and computes the shared teachers' taps for it. Tiny students leave most of a CPU's
+On a CPU the students also step *at the same time* (``workers`` > 1, ``fast.student_workers``): each on a
+worker thread running its operations on ``threads`` threads, each going on to the next batch as soon as it is
+done with the last, while the next batch (gathered, augmented, the shared teachers' taps computed) is made as
+one more task of the same workers (:class:`_SideBySide`). Tiny students leave most of a CPU's
 cores idle inside one operation; side by side they use them. The weights are then bit-identical to training the
 same stages one after another with ``torch.set_num_threads(threads)`` (a float sum split over other thread
 counts rounds differently). A student whose step draws random numbers (dropout, say) would draw them in a
@@ -23,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -240,9 +242,9 @@ def train_cohort(loader, trainers: Sequence[Trainer], *, show_progress: bool = T
     skips the epochs it has done; one with fewer epochs stops earlier). Returns the errors of the trainers
     that failed, by name; the others run to their end.
 
-    ``workers`` > 1: the students step side by side on that many threads, each running its operations on
-    ``threads`` threads, while the batches (and ``teachers``' taps for them) are made ahead on a thread of
-    their own (see the module's notes)."""
+    ``workers`` > 1: the students step side by side on that many worker threads, each running its operations
+    on ``threads`` threads; the batches (and ``teachers``' taps for them) are made as tasks of the same workers
+    (see the module's notes)."""
     if workers > 1 and len(trainers) > 1:
         threads = threads or max(1, torch.get_num_threads() // workers)
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,),
