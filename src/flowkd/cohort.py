@@ -134,6 +134,13 @@ def share_teachers(group: list[Stage]) -> list[SharedTeacher]:
     return shared
 
 
+def _per_worker(workers: int) -> int:
+    """The threads each of ``workers`` side-by-side students runs its operations on (the process's threads
+    shared out; all of them for one worker)."""
+    threads = torch.get_num_threads()
+    return threads if workers == 1 else max(1, threads // workers)
+
+
 def worker_plan(setting: int | str, students: int, device: torch.device, where: str = "fast.student_workers"
                 ) -> tuple[int, int]:
     """How many students of a cohort step at once, and the threads each one's operations run on:
@@ -150,7 +157,7 @@ def worker_plan(setting: int | str, students: int, device: torch.device, where: 
     else:
         raise FlowKDError(f"{where} must be \"auto\" or a whole number >= 1, got {setting!r}")
     workers = max(1, workers)
-    return workers, (threads if workers == 1 else max(1, threads // workers))
+    return workers, _per_worker(workers)
 
 
 class _SideBySide:
@@ -246,7 +253,7 @@ def train_cohort(loader, trainers: Sequence[Trainer], *, show_progress: bool = T
     on ``threads`` threads; the batches (and ``teachers``' taps for them) are made as tasks of the same workers
     (see the module's notes)."""
     if workers > 1 and len(trainers) > 1:
-        threads = threads or max(1, torch.get_num_threads() // workers)
+        threads = threads or _per_worker(workers)
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,),
                                 thread_name_prefix="flowkd-student") as pool:
             return _train(loader, trainers, show_progress, on_failure, pool, teachers, log)

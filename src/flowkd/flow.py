@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import FlowKDError
-from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pairs_target, pkt_pairs
+from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pairs_target, pkt_dtype, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
 from .taps import parse_tap
 
@@ -95,7 +95,7 @@ class InformationFlowLoss(nn.Module):
             ts, ss = [teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs]
             memo = getattr(teacher, "memo", None)  # a cohort's shared teacher: its side once per batch
             target = None if memo is None else memo.get(
-                ("pkt", tuple(t for t, _ in self.pairs), first.log_eps, any(x.dtype == torch.float64 for x in ss)),
+                ("pkt", tuple(t for t, _ in self.pairs), first.log_eps, pkt_dtype((*ts, *ss))),
                 lambda: pairs_target(ts, ss, first.log_eps))
             stacked = pkt_pairs(ts, ss, first.divergence, first.log_eps, target=target)
         else:

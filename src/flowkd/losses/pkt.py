@@ -11,7 +11,7 @@ from .divergences import DIVERGENCES
 from .fused import pkt_stack, pkt_target
 from .kernels import KERNELS, conditional
 
-__all__ = ["pkt_loss", "pkt_pairs", "pairs_target", "PKTLoss", "KERNEL_CHOICES"]
+__all__ = ["pkt_loss", "pkt_pairs", "pairs_target", "pkt_dtype", "PKTLoss", "KERNEL_CHOICES"]
 
 # "combined" is the paper's choice: the cosine and Student-t losses added.
 KERNEL_CHOICES = {"combined": ("cosine", "student_t")} | {k: (k,) for k in KERNELS}
@@ -56,7 +56,8 @@ def pkt_loss(
     return total
 
 
-def _dtype(xs: Sequence[torch.Tensor]) -> torch.dtype:
+def pkt_dtype(xs: Sequence[torch.Tensor]) -> torch.dtype:
+    """The dtype :func:`pkt_pairs` computes in for these matrices: float64 if any is, else float32."""
     return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
 
 
@@ -65,7 +66,7 @@ def pairs_target(teachers: Sequence[torch.Tensor], students: Sequence[torch.Tens
     """The teachers' side of :func:`pkt_pairs` (their similarity distributions and logs, in the dtype
     pkt_pairs computes in for these students): what ``pkt_pairs(..., target=)`` takes."""
     with torch.autocast(device_type=teachers[0].device.type, enabled=False):
-        dtype = _dtype((*teachers, *students))
+        dtype = pkt_dtype((*teachers, *students))
         return pkt_target([_flat(t).to(dtype) for t in teachers], log_eps)
 
 
@@ -93,7 +94,7 @@ def pkt_pairs(
     n = {x.shape[0] for x in (*teachers, *students)}
     if len(n) != 1:
         raise FlowKDError(f"PKT needs the same batch on both sides and in every pair, got batch sizes {sorted(n)}")
-    dtype = _dtype((*teachers, *students))
+    dtype = pkt_dtype((*teachers, *students))
     with torch.autocast(device_type=students[0].device.type, enabled=False):
         ts = [_flat(t).to(dtype) for t in teachers] if target is None else None
         values = pkt_stack(ts, [_flat(s).to(dtype) for s in students], kl=divergence == "kl", log_eps=log_eps,
