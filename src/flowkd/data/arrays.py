@@ -16,7 +16,7 @@ import torch
 
 from ..errors import FlowKDError
 
-__all__ = ["ArrayDataset", "Loader", "epoch_generator"]
+__all__ = ["ArrayDataset", "Loader", "epoch_generator", "draw_views", "apply_views", "view_count", "identity_view"]
 
 
 @dataclass
@@ -96,12 +96,27 @@ class ArrayDataset:
                       torch.tensor(self.std, device=x_uint8.device).view(1, -1, 1, 1))
             self._norm_cache = cached
         _, mean, std = cached
-        return (x_uint8.float() / 255.0 - mean) / std
+        return x_uint8.float().div_(255.0).sub_(mean).div_(std)  # in place: the same values, no temporaries
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator determined by (seed, epoch) alone."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+
+
+def view_count(pad: int, flip: bool = True) -> int:
+    """How many distinct views a crop of the original size from a ``pad``-padded image (and a horizontal flip)
+    has: (2 pad + 1)^2 offsets, times 2 with the flip (pad 4: 162)."""
+    return (2 * pad + 1) ** 2 * (2 if flip else 1)
+
+
+def identity_view(pad: int) -> int:
+    """The view id of the un-augmented image (the centre crop, not flipped)."""
+    return (pad * (2 * pad + 1) + pad) * 2
+
+
+def view_dtype(pad: int) -> torch.dtype:
+    return torch.uint8 if view_count(pad) <= 256 else torch.int16
 
 
 def draw_crop_flip(n: int, pad: int, gen: torch.Generator, flip: bool = True):
@@ -112,17 +127,54 @@ def draw_crop_flip(n: int, pad: int, gen: torch.Generator, flip: bool = True):
     return oy, ox, mask
 
 
-def apply_crop_flip(x: torch.Tensor, pad: int, oy, ox, mask) -> torch.Tensor:
+def draw_views(n: int, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """n random views (the draws of :func:`draw_crop_flip`, in that order) as view ids: a view is its crop offset
+    and flip, ``(row * (2 pad + 1) + column) * 2 + flipped`` — one byte for pad <= 5."""
+    oy, ox, mask = draw_crop_flip(n, pad, gen, flip)
+    zero = torch.zeros(n, dtype=torch.long)
+    oy = oy if oy is not None else zero + pad
+    ox = ox if ox is not None else zero + pad
+    flips = mask.long() if mask is not None else zero
+    return ((oy * (2 * pad + 1) + ox) * 2 + flips).to(view_dtype(pad))
+
+
+def _view_offsets(pad: int, h: int, w: int, device) -> torch.Tensor:
+    """For every view id, the (h * w) positions in a zero-padded (h + 2 pad) x (w + 2 pad) plane that its pixels
+    come from, as int32: the crop and the flip are one gather."""
+    side, wp = 2 * pad + 1, w + 2 * pad
+    v = torch.arange(view_count(pad), device=device)
+    oy, ox, flipped = (v // 2) // side, (v // 2) % side, (v % 2).bool()
+    cols = torch.arange(w, device=device)
+    cols = torch.where(flipped[:, None], w - 1 - cols, cols) + ox[:, None]            # (V, w)
+    rows = torch.arange(h, device=device) + oy[:, None]                                  # (V, h)
+    return (rows[:, :, None] * wp + cols[:, None, :]).flatten(1).to(torch.int32)        # (V, h * w)
+
+
+_OFFSETS: dict = {}
+
+
+def apply_views(x: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
+    """The images ``x`` (N, C, H, W) seen through ``views`` (N view ids, see :func:`draw_views`): each sample's
+    crop of the original size from the zero-padded image, flipped when its view says so. One gather for the
+    whole batch, on uint8 (the index of a sample's pixels is its view's row of a small table, shared by its
+    channels)."""
     n, c, h, w = x.shape
-    dev = x.device
-    if pad > 0:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        rows = (oy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (ox.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        x = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
-    if mask is not None:
-        x = torch.where(mask.to(dev)[:, None, None, None], x.flip(3), x)
-    return x
+    key = (pad, h, w, x.device)
+    table = _OFFSETS.get(key)
+    if table is None:
+        table = _OFFSETS[key] = _view_offsets(pad, h, w, x.device).long()
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
+    src = table[views.to(x.device).long()]                                               # (N, h * w)
+    return torch.gather(xp.reshape(n, c, -1), 2, src[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+
+
+def apply_crop_flip(x: torch.Tensor, pad: int, oy, ox, mask) -> torch.Tensor:
+    n = len(x)
+    zero = torch.zeros(n, dtype=torch.long)
+    oy = oy.cpu().long() if oy is not None else zero + pad
+    ox = ox.cpu().long() if ox is not None else zero + pad
+    flips = mask.cpu().long() if mask is not None else zero
+    return apply_views(x, (oy * (2 * pad + 1) + ox) * 2 + flips, pad)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
@@ -149,14 +201,17 @@ class Loader:
     def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
                  augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
                  channels_last: bool = False, rank: int = 0, world: int = 1, with_index: bool = False,
-                 chunk_bytes: int | None = None):
+                 chunk_bytes: int | None = None, views: torch.Tensor | None = None):
         if batch_size < 1:
             raise FlowKDError(f"batch size must be positive, got {batch_size}")
         if batch_size < world:
             raise FlowKDError(f"batch size {batch_size} is smaller than the number of processes {world}")
+        if views is not None and (views.dim() != 2 or views.shape[1] != len(data) or not len(views)):
+            raise FlowKDError(f"views must be (K, {len(data)}) view ids, one row per view, got {tuple(views.shape)}")
         self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
         self.rank, self.world, self.with_index = rank, world, with_index
+        self.views = views  # a bank's views: epoch e serves sample i as views[e % K, i] (no random draws)
         self.chunk_bytes = chunk_bytes if chunk_bytes is not None else (
             64 << 20 if data.images.device.type == "cuda" else 8 << 20)
         self.epoch = 0
@@ -175,15 +230,40 @@ class Loader:
         part = torch.arange(hi - lo).tensor_split(self.world)[self.rank]
         return lo + int(part[0]), lo + int(part[-1]) + 1
 
+    def _bounds(self) -> list[tuple[int, int]]:
+        n = len(self.data)
+        return [(i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self))]
+
+    def _draw(self, epoch: int):
+        """Epoch ``epoch``'s order (None: the dataset's) and, augmenting, each position's view in that order."""
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(len(self.data), generator=gen) if self.shuffle else None
+        views = None
+        if self.augment and self.views is None:  # the whole epoch's draws, batch after batch of one stream
+            per = [draw_views(hi - lo, self.pad, gen) for lo, hi in self._bounds()]
+            views = torch.cat(per) if per else torch.zeros(0, dtype=view_dtype(self.pad))
+        return order, views
+
+    def epoch_views(self, epoch: int) -> torch.Tensor:
+        """The view of every sample (by its position in the dataset) in epoch ``epoch``, as this loader draws it
+        when it augments (a sample that no batch takes, with ``drop_last``, is given the un-augmented view):
+        what a bank of views precomputes as its view k for epoch k."""
+        order, drawn = self._draw(epoch)
+        n = len(self.data)
+        views = torch.full((n,), identity_view(self.pad), dtype=view_dtype(self.pad))
+        if drawn is not None:
+            pos = order[:len(drawn)] if order is not None else torch.arange(len(drawn))
+            views[pos] = drawn
+        return views
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        gen = epoch_generator(self.seed, self.epoch)
         n = len(self.data)
         dev = self.data.images.device
-        order = torch.randperm(n, generator=gen).to(dev) if self.shuffle else None
-        bounds = [(i * self.batch_size, min(n, (i + 1) * self.batch_size)) for i in range(len(self))]
-        if self.augment:  # the whole epoch's draws, batch after batch of one stream, sent to the device at once
-            per = [draw_crop_flip(hi - lo, self.pad, gen) for lo, hi in bounds]
-            every = [torch.cat(d).to(dev) if d[0] is not None else None for d in zip(*per)] if per else []
+        order, drawn = self._draw(self.epoch)
+        order = order.to(dev) if order is not None else None
+        drawn = drawn.to(dev) if drawn is not None else None
+        bank = self.views[self.epoch % len(self.views)].to(dev) if self.views is not None else None
+        bounds = self._bounds()
         batches = [self._share(lo, hi) for lo, hi in bounds] if self.world > 1 else bounds
         sample_bytes = 4 * int(np.prod(self.data.shape))
         per_chunk = max(1, self.chunk_bytes // max(1, sample_bytes * self.batch_size))
@@ -196,8 +276,9 @@ class Loader:
                 sel = torch.cat([torch.arange(lo, hi) for lo, hi in group]).to(dev)
                 idx = order[sel] if order is not None else sel
             x, y = self.data.images[idx], self.data.labels[idx]
-            if self.augment:
-                x = apply_crop_flip(x, self.pad, *(d[sel] if d is not None else None for d in every))
+            view = bank[idx] if bank is not None else drawn[sel] if drawn is not None else None
+            if view is not None:
+                x = apply_views(x, view, self.pad)
             x = self.data.normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
