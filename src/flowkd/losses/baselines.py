@@ -45,6 +45,8 @@ class HintonKD(nn.Module):
     cross-entropy on the labels is added by the training stage, not here.
     """
 
+    bank_dtype = "float32"  # a bank of teacher views keeps the logits as they are (40 bytes for 10 classes)
+
     def __init__(self, temperature: float = 4.0):
         super().__init__()
         if not float(temperature) > 0:
@@ -144,6 +146,16 @@ class AttentionTransfer(nn.Module):
             a_t = F.normalize(_pool_to(a_t, size).flatten(1), dim=1, eps=1e-12)
             a_s = F.normalize(_pool_to(a_s, size).flatten(1), dim=1, eps=1e-12)
             return (a_s - a_t).pow(2).mean()
+
+    @property
+    def teacher_form_name(self) -> str:
+        return f"at-p{self.p:g}"
+
+    def teacher_form(self, teacher: torch.Tensor) -> torch.Tensor:
+        """The smallest input giving the same loss (what a bank of teacher views stores): the channel mean of
+        ``|x|^p`` as a one-channel map, to the power ``1/p`` — ``forward`` raises it to ``p`` again."""
+        with torch.autocast(device_type=teacher.device.type, enabled=False):
+            return teacher.float().abs().pow(self.p).mean(dim=1, keepdim=True).pow(1.0 / self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
