@@ -41,7 +41,7 @@ from .errors import FlowKDError
 from .io import atomic_write_json, atomic_write_text
 from .taps import FrozenTaps
 
-__all__ = ["Entry", "ViewBank", "BankTeacher", "entry_for", "default_root", "bank_components"]
+__all__ = ["Entry", "ViewBank", "BankTeacher", "entry_for", "default_root", "bank_components", "bank_precision"]
 
 _STORE = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
 
@@ -73,6 +73,21 @@ def entry_for(tap: str, loss: nn.Module) -> tuple[Entry, Callable | None]:
     return Entry(tap, name, dtype), form
 
 
+def bank_precision(setting: str, device: torch.device) -> str:
+    """The teacher pass's precision: ``setting`` fp32 / bf16, or "auto": bf16 where the device computes it natively
+    (a GPU that supports it; a CPU with AVX-512 BF16 or AMX), else fp32."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        except (AttributeError, RuntimeError):
+            return "fp32"
+    return "fp32"
+
+
 def default_root() -> Path:
     """Where banks live unless a model says ``bank = "<folder>"``: ``$FLOWKD_CACHE/banks``, else
     ``~/.cache/flowkd/banks``."""
@@ -83,7 +98,7 @@ def default_root() -> Path:
 def _sha(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)
         h.update(str((t.dtype, tuple(t.shape))).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
@@ -150,6 +165,7 @@ class ViewBank:
             if (self.dir / "manifest.json").is_file():
                 self._check_manifest(json.loads((self.dir / "manifest.json").read_text()))
         self._views: list[torch.Tensor] = []  # view k: each image's view id
+        self._tables: dict[int, torch.Tensor] = {}
         self._open: dict[tuple[int, Entry], np.ndarray] = {}
 
     def _check_manifest(self, manifest: dict) -> None:
@@ -171,7 +187,9 @@ class ViewBank:
         """(count, N) view ids: what ``Loader(views=...)`` serves (epoch e: row e mod count)."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise FlowKDError(f"models.{self.name}.views must be a whole number >= 1, got {count!r}")
-        return torch.stack([self.views(k) for k in range(count)])
+        if count not in self._tables:  # one tensor per count: loaders serving the same views compare equal
+            self._tables[count] = torch.stack([self.views(k) for k in range(count)])
+        return self._tables[count]
 
     # ---- files -----------------------------------------------------------------------------------------
     def path(self, k: int, entry: Entry) -> Path:
@@ -183,26 +201,34 @@ class ViewBank:
     def bytes_per_view(self, entries: Iterable[Entry], shapes: Mapping[Entry, tuple]) -> int:
         return sum(int(np.prod(shapes[e])) * np.dtype(_STORE[e.dtype][1]).itemsize for e in entries)
 
-    def ensure(self, wanted: Mapping[Entry, Callable | None], count: int) -> None:
-        """Compute what is missing of views 0 .. count-1 for ``wanted`` (entry -> its reduction): one teacher pass
-        per view that lacks an entry, all of that view's missing entries from the same pass."""
-        self.view_table(count)
+    def ensure(self, wanted: Mapping[Entry, Callable | None], count: int | Mapping[Entry, int]) -> None:
+        """Compute what is missing of ``wanted`` (entry -> its reduction) for views 0 .. count-1 (``count``: one
+        number, or each entry's own): one teacher pass per view that lacks an entry, every missing entry of
+        that view from the same pass."""
+        counts = count if isinstance(count, Mapping) else {e: count for e in wanted}
+        most = max(counts.values(), default=0)
+        self.view_table(max(most, 1))
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.dir / "manifest.json"
         if not manifest.is_file():
             atomic_write_json(manifest, {"components": self.components, "fingerprint": self.dir.name,
                                          "note": "a flowkd bank of teacher views; delete the folder to free its space"})
-        for k in range(count):
-            missing = {e: f for e, f in wanted.items() if not self.has(k, e)}
+        for k in range(most):
+            missing = {e: f for e, f in wanted.items() if counts[e] > k and not self.has(k, e)}
             if missing:
-                self._compute(k, missing, count)
+                self._compute(k, missing, most)
+
+    def size(self) -> int:
+        """Bytes on disk of every whole file of this bank."""
+        return sum(p.stat().st_size for p in self.dir.glob("view-*/*.npy")) if self.dir.is_dir() else 0
 
     def _compute(self, k: int, entries: Mapping[Entry, Callable | None], count: int) -> None:
         taps = list(dict.fromkeys(e.tap for e in entries))
         n, data, dev = len(self.data), self.data, self.data.images.device
         views = self.views(k).to(dev)
         partial = {e: self.path(k, e).with_name("." + e.file + ".partial") for e in entries}
-        done_file = self.path(k, next(iter(entries))).parent / (".progress-" + "-".join(sorted(e.file for e in entries)))
+        which = hashlib.sha256(" ".join(sorted(e.file for e in entries)).encode()).hexdigest()[:12]
+        done_file = self.path(k, next(iter(entries))).parent / f".progress-{which}"  # rows done, for these entries
         start = 0
         if done_file.is_file() and all(p.is_file() for p in partial.values()):
             start = int(done_file.read_text().split()[0])  # a killed computation: go on after its last chunk

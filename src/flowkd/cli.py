@@ -34,6 +34,20 @@ def _run(args) -> int:
     return 0
 
 
+def _bank(args) -> int:
+    from .config import load_config
+    from .pipeline import build_banks
+
+    cfg = load_config(args.config, args.set)
+    if args.device:
+        cfg.device = args.device
+    if args.no_progress:
+        cfg.progress = False
+    for name, bank in build_banks(cfg).items():
+        print(f"{name}: {bank.size() / 2**20:.0f} MiB in {bank.dir}")
+    return 0
+
+
 DEMO_ROWS = [
     ("teacher", "teacher (MLP 512-512, labels)"),
     ("aux", "auxiliary (CNN x2: labels, then PKT)"),
@@ -240,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue a run from its last completed stage")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
     r.set_defaults(fn=_run)
+
+    b = sub.add_parser("bank", help="compute the banks of teacher views a config's stages read (models.X.views), "
+                                    "without training; `run` computes what is missing itself")
+    b.add_argument("config")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    b.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:1)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (one line per view instead)")
+    b.set_defaults(fn=_bank)
 
     d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, < 60 s)")
     d.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisations and batch order (default 0)")

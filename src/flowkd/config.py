@@ -57,6 +57,13 @@ class ModelConfig:
     options: dict[str, Union[bool, int, float, str]] = field(default_factory=dict)  # extra arguments of the model's factory
     features: str = ""              # a teacher given as precomputed per-sample features (.npy/.npz/.safetensors), no arch
     precompute: bool = False        # a frozen teacher: compute its taps once (augmentation-free) and keep them on the device
+    views: int = 0                  # a frozen teacher: serve its outputs from a bank of this many augmented views of
+                                    # every training image, computed once (flowkd.bank; 0: run it live every batch)
+    bank: str = ""                  # views > 0: the folder of banks (default $FLOWKD_CACHE/banks or ~/.cache/flowkd/banks),
+                                    # or one bank's own folder (it must match)
+    bank_precision: str = "auto"    # the bank's teacher pass: fp32 | bf16 | auto (bf16 where the CPU/GPU supports it)
+    view_seed: int = 0              # the seed the bank's views are drawn with, shared by every run seed (one bank for
+                                    # all); -1: each run's own data seed (views = epochs then equals live training)
     sweep_of: str = ""              # set by a sweep: the model this one copies (its initialisation, too)
     paper: dict[str, float] = field(default_factory=dict)  # the paper's figures for this row: cos_map, euc_map, p100 (legacy)
 
@@ -89,6 +96,7 @@ class StageConfig:
     average_last: int = 0           # end with the mean of the weights after each of the last N epochs (0: off)
     sweep_of: str = ""              # set by a sweep: the stage this one copies
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
+    views: int = -1                 # distill from a banked teacher: this stage's number of views (-1: the teacher's views)
 
 
 @dataclass
@@ -302,12 +310,35 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: pairs_from must be 'representation' or 'flow'")
         if s.augment not in (True, False, "auto"):
             raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
+        if isinstance(s.views, bool) or not isinstance(s.views, int) or s.views < -1:
+            raise FlowKDError(f"stage {s.name!r}: views must be a whole number >= 1 (or -1: the teacher's), got {s.views!r}")
+        if s.views > 0 and s.kind == "distill" and not cfg.models[s.teacher].views:
+            raise FlowKDError(f"stage {s.name!r}: views = {s.views} reads a bank of the teacher's views, but "
+                              f"models.{s.teacher}.views is 0 (set it to the number of views to compute)")
+        if s.views == 0:
+            raise FlowKDError(f"stage {s.name!r}: views must be >= 1 (or -1: the teacher's), got 0")
         frozen = cfg.models[s.model].features or cfg.models[s.model].precompute
+        if cfg.models[s.model].views and sum(s.epochs):
+            raise FlowKDError(f"stage {s.name!r}: model {s.model!r} is served from a bank of its views "
+                              f"(models.{s.model}.views) and so is frozen; it cannot be trained")
         if frozen and sum(s.epochs):  # a stage set to 0 epochs (switched off with --set) trains nothing
             raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has precomputed features and cannot be trained")
     if cfg.weights_format not in ("pt", "safetensors"):
         raise FlowKDError(f"weights_format must be 'pt' or 'safetensors', got {cfg.weights_format!r}")
     for name, m in cfg.models.items():
+        if isinstance(m.views, bool) or not isinstance(m.views, int) or not 0 <= m.views <= 100_000:
+            raise FlowKDError(f"models.{name}.views must be a whole number from 0 (live) to 100000, got {m.views!r}")
+        if isinstance(m.view_seed, bool) or not isinstance(m.view_seed, int) or m.view_seed < -1:
+            raise FlowKDError(f"models.{name}.view_seed must be a whole number >= 0 (or -1: the run's data seed), "
+                              f"got {m.view_seed!r}")
+        if m.bank_precision not in ("auto", "fp32", "bf16"):
+            raise FlowKDError(f"models.{name}.bank_precision must be auto, fp32 or bf16, got {m.bank_precision!r}")
+        if m.views and (m.features or m.precompute):
+            raise FlowKDError(f"model {name!r}: views (a bank of augmented views) excludes "
+                              f"{'features' if m.features else 'precompute'}; choose one")
+        if m.views and not cfg.data.augment:
+            raise FlowKDError(f"model {name!r}: views = {m.views} needs data.augment = true (without augmentation "
+                              "there is one view: use precompute = true)")
         if m.features:
             clash = [k for k in ("arch", "auxiliary_of", "weights") if getattr(m, k)] + (["precompute"] if m.precompute else [])
             if clash:

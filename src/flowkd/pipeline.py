@@ -194,6 +194,9 @@ class Pipeline:
         stages = self.build()
         failed: dict[str, FlowKDError] = {}
         try:
+            if self.main:
+                self.run_models.ensure_banks(self.log)  # the banked teachers' views: computed once, reused
+            self.dist.barrier()
             state = rundir.open(self.dist.barrier)
             done = state["completed"]
             # keep the metrics of completed stages and of the completed epochs of a stage being resumed
@@ -303,3 +306,24 @@ class Pipeline:
             "models": models,
             "eval_wall_s": round(time.perf_counter() - t0, 3),
         }
+
+
+def build_banks(cfg: Config, *, data=None, log=print) -> dict:
+    """Compute every bank of teacher views the config's stages read (``models.<teacher>.views``) that is not on disk
+    yet, without training (``flowkd bank``); returns the banks by teacher."""
+    device = pick_device(cfg.device)
+    train_set, _ = data if data is not None else load_data(cfg)
+    run = RunModels(cfg, train_set.to(device), device)
+    ctx = Context(cfg, run, lambda name: run.models[name], log=log)
+    stages = []
+    try:
+        for s in cfg.stages:
+            if s.kind == "distill" and cfg.models[s.teacher].views and s.model in run.models and sum(s.epochs):
+                stages.append(build_stage(s, ctx))
+    finally:
+        for st in stages:
+            st.close()
+    if not run.bank_wants:
+        raise FlowKDError("no stage of this config reads a bank of views: give its teacher models.<name>.views = K")
+    run.ensure_banks(log)
+    return run.view_banks

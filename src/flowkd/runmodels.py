@@ -13,7 +13,8 @@ from torch import nn
 
 from .auxiliary import make_auxiliary
 from .config import Config
-from .data.arrays import ArrayDataset
+from .bank import ViewBank, bank_precision
+from .data.arrays import ArrayDataset, Loader
 from .data.load import load_split, stratified_index, stratified_subset
 from .errors import FlowKDError, warn
 from .features import FeatureBank, compute_features, load_features
@@ -67,6 +68,9 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
     return stratified_subset(train_set, d.train_subset, cfg.seed), stratified_subset(test_set, d.test_subset, cfg.seed + 1)
 
 
+BANK_BATCH = 256  # images per batch of a bank's teacher pass
+
+
 class RunModels:
     """``models`` (networks, on the device), ``banks`` (teachers as per-sample features aligned with the
     training set) and ``archs`` (name -> (arch, width)) of a config's ``[models]``."""
@@ -76,6 +80,8 @@ class RunModels:
         self.models: dict[str, nn.Module] = {}
         self.banks: dict[str, FeatureBank] = {}
         self.archs: dict[str, tuple[str, float]] = {}
+        self.view_banks: dict[str, ViewBank] = {}
+        self.bank_wants: dict[str, dict] = {}  # teacher -> {Entry: (reduction, views)} the stages read
         c, h, _ = train_set.shape
         kw = dict(num_classes=train_set.num_classes, in_channels=c, in_size=h)
         for name, m in cfg.models.items():
@@ -113,6 +119,32 @@ class RunModels:
     def teacher(self, name: str):
         """What a stage distils from: the model's features when they are precomputed, else the network."""
         return self.banks[name] if name in self.banks else self.models[name]
+
+    def view_bank(self, name: str, loader: Loader) -> ViewBank:
+        """Model ``name``'s bank of views (``models.<name>.views``), for the batches ``loader`` draws."""
+        bank = self.view_banks.get(name)
+        if bank is None:
+            m = self.cfg.models[name]
+            bank = self.view_banks[name] = ViewBank(
+                self.models[name], self.train_set, loader, m.bank or None, name=name,
+                precision=bank_precision(m.bank_precision, self.device), batch_size=BANK_BATCH,
+                progress=self.cfg.progress)
+        return bank
+
+    def want_views(self, name: str, entries: dict, count: int) -> None:
+        """A stage reads ``entries`` ({Entry: reduction}) of views 0 .. count-1 of model ``name``'s bank."""
+        wants = self.bank_wants.setdefault(name, {})
+        for e, form in entries.items():
+            wants[e] = (form, max(count, wants.get(e, (None, 0))[1]))
+
+    def ensure_banks(self, log=print) -> None:
+        """Compute what the stages read of every bank and is not on disk yet."""
+        for name, wants in self.bank_wants.items():
+            bank = self.view_banks[name]
+            t0 = time.perf_counter()
+            bank.ensure({e: f for e, (f, _) in wants.items()}, {e: c for e, (_, c) in wants.items()})
+            log(f"[{name}] bank of views ready in {time.perf_counter() - t0:.1f}s: {bank.size() / 2**20:.0f} MiB "
+                f"in {bank.dir}")
 
     def representation(self, name: str) -> str:
         if name in self.banks:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import StageConfig, pair_loss_options
+from .bank import entry_for
 from .data.arrays import Loader
 from .distributed import gather_rows
 from .errors import FlowKDError
@@ -67,7 +68,7 @@ class Stage:
         """What makes two stages read the same batches (and so able to train as a cohort)."""
         ld = self.loader
         return (id(ld.data), ld.batch_size, ld.shuffle, ld.augment, ld.pad, ld.seed, ld.drop_last, ld.channels_last,
-                ld.rank, ld.world, ld.with_index)
+                ld.rank, ld.world, ld.with_index, id(ld.views) if ld.views is not None else None)
 
     def seed(self, run_seed: int) -> None:
         """Put the random generators where this stage's training starts."""
@@ -109,13 +110,36 @@ def stage_pairs(s: StageConfig, run: RunModels) -> list[tuple[str, str]]:
     return list(zip(t, st))
 
 
-def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool) -> Loader:
+def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool, views=None) -> Loader:
     cfg = ctx.cfg
     # every stage of a run reads the same stream of batches (order and augmentation draws): a fair comparison
     # of students, and what lets consecutive stages train as a cohort (flowkd.cohort)
     return Loader(ctx.run.train_set, cfg.data.batch_size, shuffle=True, augment=augment,
                   seed=seed_for(cfg.seed, "data"), channels_last=channels_last(cfg, ctx.run.device), drop_last=cfg.data.drop_last,
-                  rank=ctx.rank, world=ctx.world, with_index=indexed)
+                  rank=ctx.rank, world=ctx.world, with_index=indexed, views=views)
+
+
+def banked_teacher(s: StageConfig, ctx: Context, flow: InformationFlowLoss):
+    """A stage whose teacher is served from a bank of its views (``models.<teacher>.views``): the bank's teacher
+    (reading, for each pair, the entry its loss needs) and the loader serving the bank's views; (None, None)
+    for a teacher run live. The bank's views are drawn by a loader like the stage's, seeded with the teacher's
+    ``view_seed`` (-1: the run's data seed, so that views = epochs serves exactly the live augmentation)."""
+    cfg, run = ctx.cfg, ctx.run
+    m = cfg.models[s.teacher]
+    if not m.views or s.teacher not in run.models:
+        return None, None
+    count = s.views if s.views > 0 else m.views
+    seed = seed_for(cfg.seed, "data") if m.view_seed < 0 else m.view_seed
+    drawing = Loader(run.train_set, cfg.data.batch_size, shuffle=True, augment=True, seed=seed,
+                     drop_last=cfg.data.drop_last)
+    bank = run.view_bank(s.teacher, drawing)
+    entries, forms = {}, {}
+    for (t, _), loss in zip(flow.pairs, flow.pair_losses):
+        entries[t], form = entry_for(t, loss)
+        forms[entries[t]] = form
+    if sum(s.epochs):  # a stage switched off reads nothing
+        run.want_views(s.teacher, forms, count)
+    return bank.teacher_for(entries, count), _loader(s, ctx, True, True, views=bank.view_table(count))
 
 
 def _plan(s: StageConfig) -> Plan:
@@ -191,7 +215,8 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     torch.manual_seed(seed_for(cfg.seed, "train/" + (s.sweep_of or s.name)))  # a trainable loss (FitNets) draws its init here
     flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
     rng = torch.get_rng_state()
-    teacher = run.teacher(s.teacher)
+    banked, bank_loader = banked_teacher(s, ctx, flow)
+    teacher = banked if banked is not None else run.teacher(s.teacher)
     indexed = isinstance(teacher, FeatureBank)
     augment = s.augment if isinstance(s.augment, bool) else cfg.data.augment and not indexed
     if indexed and cfg.data.augment and s.augment == "auto":
@@ -202,7 +227,10 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     step = DistillStep(forward, teacher, flow, s.ce_weight, cfg.fast.inference_teacher, gather)
     info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule),
             "augment": augment, "teacher_precomputed": indexed}
-    return Stage(s.name, s.model, model, forward, _loader(s, ctx, indexed, augment), step, _plan(s),
+    if banked is not None:
+        info.update(augment=True, teacher_views=banked.count, bank=str(banked.bank.dir))
+    loader = bank_loader if bank_loader is not None else _loader(s, ctx, indexed, augment)
+    return Stage(s.name, s.model, model, forward, loader, step, _plan(s),
                  list(model.parameters()) + list(flow.parameters()), flow, s.teacher, teacher,
                  trains_head=s.ce_weight > 0, info=info, rng=rng, sweep_of=s.sweep_of)
 
