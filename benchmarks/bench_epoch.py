@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from _common import machine, sync, write
 
-from flowkd import CriticalPeriod, Constant, DistillStep, InformationFlowLoss, SupervisedStep, train
+from flowkd import Batch, CriticalPeriod, Constant, DistillStep, InformationFlowLoss, SupervisedStep, train
 from flowkd.data.arrays import ArrayDataset, Loader
 from flowkd.models import create_model
 
@@ -58,7 +58,7 @@ def naive_epoch(model, teacher, flow, images, labels, device, supervised=False):
     model.train()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y) if supervised else step(x, y)["loss"]
+        loss = F.cross_entropy(model(x), y) if supervised else step(Batch(x, y))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -74,7 +74,7 @@ def main():
         run("backward", lambda: loss.backward())
         run("Adam step", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
 
-    batches = list(Loader(data, 128, shuffle=True, augment=True, channels_last=args.channels_last))
+    batches = [(b.x, b.y) for b in Loader(data, 128, shuffle=True, augment=True, channels_last=args.channels_last)]
     for x, y in batches[:5]:  # warm-up
         one_step(x, y, False)
     data_t0 = time.perf_counter()

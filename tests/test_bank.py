@@ -26,7 +26,7 @@ def _teacher():
 
 
 def _loader(data, seed=3, **kw):
-    return Loader(data, 16, shuffle=True, augment=True, pad=2, seed=seed, with_index=True, **kw)
+    return Loader(data, 16, shuffle=True, augment=True, pad=2, seed=seed, **kw)
 
 
 def _live(model, x, taps):
@@ -43,7 +43,7 @@ def test_view_table_with_k_epochs_serves_exactly_the_live_loaders_pixels():
     for epoch in range(3):
         live.set_epoch(epoch), served.set_epoch(epoch)
         for a, b in zip(live, served):
-            assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+            assert torch.equal(a.x, b.x) and torch.equal(a.index, b.index) and torch.equal(a.view, b.view)
 
 
 def test_views_are_one_byte_and_cover_every_crop_and_flip():
@@ -64,7 +64,8 @@ def test_stored_values_are_the_teachers_outputs_on_the_served_views(tmp_path, dt
     tol = dict(rtol=0, atol=1e-5) if dtype == "float32" else dict(rtol=2e-3, atol=2e-3)
     for epoch in range(3):
         loader.set_epoch(epoch)
-        for x, _, idx in loader:
+        for b in loader:
+            x, idx = b.x, b.index
             got = teacher.lookup(idx, bank.views(epoch % 2)[idx])
             with torch.no_grad():
                 for tap in ("4", "1"):
@@ -79,11 +80,11 @@ def test_attention_maps_are_stored_not_feature_maps_and_give_the_same_loss(tmp_p
     bank.ensure({entry: form}, 1)
     stored = bank.array(0, entry)
     assert stored.shape == (len(data), 1, 8, 8)  # one channel, not the teacher's 6
-    x = next(iter(_loader(data, views=bank.view_table(1))))
+    b = next(iter(_loader(data, views=bank.view_table(1))))
     with torch.no_grad():
-        t_map = _live(model, x[0], "1@map")
-    s_map = torch.randn(len(x[0]), 5, 4, 4)
-    from_bank = torch.from_numpy(np.asarray(stored[x[2].numpy()])).float()
+        t_map = _live(model, b.x, "1@map")
+    s_map = torch.randn(len(b.x), 5, 4, 4)
+    from_bank = torch.from_numpy(np.asarray(stored[b.index.numpy()])).float()
     torch.testing.assert_close(at(from_bank, s_map), at(t_map, s_map), rtol=2e-3, atol=1e-6)
     assert entry_for("4", HintonKD())[0].dtype == "float32"
 
@@ -148,3 +149,108 @@ def test_a_view_the_bank_does_not_hold_is_an_error(tmp_path):
     wrong = (bank.views(0)[idx].long() + 1) % view_count(2)
     with pytest.raises(FlowKDError, match="none of the bank's 1 views"):
         teacher.lookup(idx, wrong)
+
+
+# ---- training from a bank ----------------------------------------------------------------------------------
+
+class _Recording:
+    """Wraps a teacher and keeps what it answered, batch by batch."""
+
+    def __init__(self, teacher):
+        self.teacher, self.taps, self.seen = teacher, teacher.taps, []
+
+    def __call__(self, batch):
+        out = self.teacher(batch)
+        self.seen.append({k: v.detach().clone() for k, v in out.items()})
+        return out
+
+    def close(self):
+        self.teacher.close()
+
+
+def _student():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 4))
+
+
+def test_training_from_a_bank_of_as_many_views_as_epochs_equals_training_with_the_live_teacher(tmp_path):
+    from flowkd.flow import InformationFlowLoss
+    from flowkd.loop import train
+    from flowkd.steps import DistillStep
+    from flowkd.teachers import as_teacher
+
+    data, model, epochs = _data(n=48), _teacher(), 3
+    pairs = [("1", "1"), ("4", "4")]
+    bank = ViewBank(model, data, _loader(data), root=tmp_path, batch_size=5, log=lambda *_: None)
+    flow = InformationFlowLoss(pairs)
+    entries = {t: entry_for(t, loss)[0] for (t, _), loss in zip(pairs, flow.pair_losses)}
+    entries = {t: Entry(e.tap, e.form, "float32") for t, e in entries.items()}  # exactness: no float16 rounding
+    bank.ensure({e: None for e in entries.values()}, epochs)
+
+    runs = {}
+    for how in ("live", "bank"):
+        student = _student()
+        if how == "live":
+            teacher, loader = as_teacher(model, ["1", "4"]), _loader(data)
+        else:
+            teacher, loader = BankTeacher(bank, entries, epochs), _loader(data, views=bank.view_table(epochs))
+        teacher = _Recording(teacher)
+        with DistillStep(student, teacher, InformationFlowLoss(pairs)) as step:
+            records = train(student, loader, step, epochs=[epochs], lr=[1e-2], show_progress=False)
+        runs[how] = (student, teacher.seen, records)
+    (s_live, seen_live, rec_live), (s_bank, seen_bank, rec_bank) = runs["live"], runs["bank"]
+    assert len(seen_live) == len(seen_bank) == epochs * 3
+    for a, b in zip(seen_live, seen_bank):  # the same teacher outputs, batch by batch
+        for tap in a:
+            torch.testing.assert_close(b[tap], a[tap].float(), rtol=1e-5, atol=1e-5)
+    for p, q in zip(s_live.parameters(), s_bank.parameters()):  # and the same student
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    assert abs(rec_live[-1]["loss"] - rec_bank[-1]["loss"]) < 1e-4
+
+
+CONFIG = """
+seed = 0
+progress = false
+[data]
+name = "digits"
+batch_size = 64
+augment = true
+[models.teacher]
+arch = "digits_cnn"
+views = 2
+bank = "{bank}"
+bank_precision = "fp32"
+[models.student]
+arch = "digits_cnn"
+width = 0.5
+[[stages]]
+name = "teacher"
+kind = "supervised"
+model = "teacher"
+epochs = [0]
+[[stages]]
+name = "student"
+kind = "distill"
+model = "student"
+teacher = "teacher"
+pairs = [["pool1", "pool1"], ["fc1_relu", "fc1_relu"]]
+epochs = [3]
+[eval]
+cost = "none"
+"""
+
+
+def test_a_pipeline_trains_from_a_bank_and_a_second_run_reuses_it(tmp_path, capsys):
+    from flowkd.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.format(bank=tmp_path / "banks"))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r1")]) == 0
+    first = capsys.readouterr().out
+    assert "bank view 2/2" in first
+    info = json.loads((tmp_path / "r1" / "results.json").read_text())
+    assert info["stages"]["student"]["teacher_views"] == 2
+    assert main(["run", str(cfg), "--out", str(tmp_path / "r2"), "--set", "stages.student.epochs=[2]"]) == 0
+    second = capsys.readouterr().out
+    assert "bank view" not in second  # another run of the same teacher and data: the same bank, nothing computed
+    assert len(list((tmp_path / "banks").iterdir())) == 1

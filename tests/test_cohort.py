@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from flowkd.cli import main
-from flowkd.cohort import SharedTeacher, cohorts, share_teachers
+from flowkd.cohort import cohorts, shared_teachers
 from flowkd.config import load_config
 from flowkd.errors import FlowKDError
 from flowkd.io import load_weights
+from flowkd.teachers import Batch, SharedTeacher, as_teacher
 from helpers import DEMO, run_args
 
 SMALL = ["stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
@@ -83,17 +84,19 @@ def test_a_shared_teacher_runs_once_per_batch_for_every_student(tmp_path):
     for i, (s, pairs) in enumerate(zip(students, taps)):
         flow = InformationFlowLoss(pairs)
         step = DistillStep(s, teacher, flow)
-        group.append(Stage(f"s{i}", f"s{i}", s, s, None, step, None, flow=flow, teacher_name="t", teacher=teacher))
-    shared = share_teachers(group)
-    assert len(shared) == 1 and isinstance(group[0].step.teacher, SharedTeacher)
+        group.append(Stage(f"s{i}", f"s{i}", s, s, None, step, None, flow=flow, teacher_name="t",
+                           teacher=step.teacher, teacher_source=teacher))
     x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
     alone = DistillStep(create_model("digits_cnn", in_channels=1, in_size=8), teacher, InformationFlowLoss(taps[2]))
     students[2].load_state_dict(alone.taps.model.state_dict())
-    teacher.calls = 0
-    terms = [st.step(x, y) for st in group]
-    assert teacher.calls == 1  # one forward for three students
-    assert torch.equal(terms[2]["loss"], alone(x, y)["loss"])  # the same teacher features as a step of its own
-    shared[0].remove()
+    with shared_teachers(group) as shared:
+        assert len(shared) == 1 and isinstance(group[0].step.teacher, SharedTeacher)
+        teacher.calls = 0
+        batch = Batch(x, y)  # a cohort hands every student the same batch
+        terms = [st.step(batch) for st in group]
+        assert teacher.calls == 1  # one forward for three students
+        assert torch.equal(terms[2]["loss"], alone(Batch(x, y))["loss"])  # the same teacher features as a step of its own
+    assert all(st.step.teacher is st.teacher for st in group)  # after the cohort: each step reads its own again
 
 
 def test_cohorts_group_consecutive_independent_stages(tmp_path):
@@ -166,7 +169,7 @@ def _cohort_of(nets, workers, log):
     batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(6)]
 
     def step_of(net):
-        return lambda x, y: {"loss": torch.nn.functional.cross_entropy(net(x), y)}
+        return lambda b: {"loss": torch.nn.functional.cross_entropy(net(b.x), b.y)}
 
     torch.manual_seed(123)  # the dropout draws
     trainers = [Trainer(n, step_of(n), epochs=[2], lr=[1e-2], name=f"s{i}") for i, n in enumerate(nets)]
@@ -206,17 +209,19 @@ def test_students_reading_the_same_teacher_taps_share_the_teachers_side_of_pkt(m
     monkeypatch.setattr(flowkd.flow, "pairs_target", lambda *a: calls.append(1) or real(*a))
     teacher = _Counting()
     pairs = [("fc1", "pool3"), ("fc2", "fc2")]
-    shared = SharedTeacher(teacher, ["fc1", "fc2"])
+    shared = SharedTeacher(as_teacher(teacher, ["fc1", "fc2"]))
     students = [create_model("digits_cnn", in_channels=1, in_size=8) for _ in range(2)]
     steps = [DistillStep(s, shared, InformationFlowLoss(pairs)) for s in students]
     alone = DistillStep(students[0], teacher, InformationFlowLoss(pairs))  # the same student, unshared
     x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
-    terms = [st(x, y) for st in steps]
+    batch = Batch(x, y)  # one batch for both students (a cohort's)
+    terms = [st(batch) for st in steps]
     assert len(calls) == 1  # once for both students
-    assert torch.equal(terms[0]["loss"], alone(x, y)["loss"])  # the same value as a step of its own
-    steps[1](torch.randn(16, 1, 8, 8), y)
-    assert len(calls) == 2  # a new batch: computed again
-    shared.remove()
+    assert torch.equal(terms[0]["loss"], alone(Batch(x, y))["loss"])  # the same value as a step of its own
+    calls.clear()
+    steps[1](Batch(torch.randn(16, 1, 8, 8), y))
+    assert len(calls) == 1  # a new batch: computed again
+    shared.close()
     alone.close()
 
 

@@ -43,15 +43,14 @@ def _data(device, n=300):
 
 
 def _run(graph, *, device="cpu", kind="distill", optimizer="adam", fresh=False, epochs=(2, 1), autocast=None,
-         channels_last=False, index=False, ce=0.5):
+         channels_last=False, ce=0.5):
     torch.manual_seed(0)
     teacher = create_model("digits_cnn", in_channels=1, in_size=8, width=2.0).to(device)
     student = create_model("digits_cnn", in_channels=1, in_size=8).to(device)
     if channels_last:
         teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     data = _data(device)
-    loader = Loader(data, 64, shuffle=True, augment=True, pad=1, seed=3, channels_last=channels_last,
-                    with_index=index)  # 4 full batches + one of 44
+    loader = Loader(data, 64, shuffle=True, augment=True, pad=1, seed=3, channels_last=channels_last)  # 4 full batches + one of 44
     if kind == "distill":
         flow = InformationFlowLoss(PAIRS, CriticalPeriod(init=10.0, decay=0.5))
         step = DistillStep(student, teacher, flow, ce_weight=ce)
@@ -116,8 +115,8 @@ class ScaledStep:
         self.scale = torch.ones(1)
         self.per_epoch = (EpochValue(self.scale, lambda epoch: [epoch + 1.0]),)
 
-    def __call__(self, x, y, index=None):
-        return {"loss": self.base(x, y)["loss"] * self.scale[0]}
+    def __call__(self, batch):
+        return {"loss": self.base(batch)["loss"] * self.scale[0]}
 
 
 def test_a_user_step_with_a_per_epoch_value_is_captured_once_per_shape():
@@ -174,8 +173,8 @@ def test_captured_step_matches_eager_on_cuda(kind, fresh):
 
 @cuda
 def test_captured_step_with_bf16_channels_last_and_indices_on_cuda():
-    eager, _ = _run(False, device="cuda", autocast=torch.bfloat16, channels_last=True, index=True)
-    graphed, _ = _run(True, device="cuda", autocast=torch.bfloat16, channels_last=True, index=True)
+    eager, _ = _run(False, device="cuda", autocast=torch.bfloat16, channels_last=True)
+    graphed, _ = _run(True, device="cuda", autocast=torch.bfloat16, channels_last=True)
     for a, b in zip(eager, graphed):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.05)
     assert all(np.isfinite(r["loss"]) for r in graphed)
@@ -224,9 +223,9 @@ def _explicit(model, loader, step, optimizers: list, lr_of: list):
         loader.set_epoch(e)
         model.train()
         total, n = 0.0, 0
-        for x, y in loader:
+        for batch in loader:
             opt.zero_grad()
-            loss = step(x, y)["loss"]
+            loss = step(batch)["loss"]
             loss.backward()
             opt.step()
             total, n = total + loss.item(), n + 1

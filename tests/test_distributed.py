@@ -49,7 +49,7 @@ def _worker(rank, world, port, out, precomputed=False, cut=8):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from flowkd import Constant, DistillStep, InformationFlowLoss
+    from flowkd import Batch, Constant, DistillStep, InformationFlowLoss
     from flowkd.distributed import gather_rows
     from flowkd.models.mlp import MLP
 
@@ -68,7 +68,7 @@ def _worker(rank, world, port, out, precomputed=False, cut=8):
 
         teacher = FeatureBank(FrozenTaps(teacher, flow.teacher_taps)(x))
     with DistillStep(ddp, teacher, flow, gather=gather_rows) as step:
-        terms = step(x[part], y[part], torch.arange(16)[part])
+        terms = step(Batch(x[part], y[part], torch.arange(16)[part]))
         terms["loss"].backward()
     if rank == 0:
         torch.save({"loss": terms["loss"].detach(), "grads": [p.grad.clone() for p in student.parameters()]}, out)
@@ -87,7 +87,7 @@ def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path, p
     import torch
     import torch.multiprocessing as mp
 
-    from flowkd import Constant, DistillStep, InformationFlowLoss
+    from flowkd import Batch, Constant, DistillStep, InformationFlowLoss
     from flowkd.models.mlp import MLP
 
     with socket.socket() as s:
@@ -103,7 +103,7 @@ def test_gathered_features_give_the_single_process_loss_and_gradient(tmp_path, p
     x, y = torch.randn(16, 12, generator=g), torch.randint(0, 10, (16,), generator=g)
     flow = InformationFlowLoss([("fc1_relu", "fc1_relu"), ("fc2_relu", "fc2_relu")], Constant(weight=3.0))
     with DistillStep(student, teacher, flow) as step:
-        terms = step(x, y)
+        terms = step(Batch(x, y))
         terms["loss"].backward()
     assert got["loss"].item() == pytest.approx(terms["loss"].item(), rel=1e-6)
     for a, p in zip(got["grads"], student.parameters()):

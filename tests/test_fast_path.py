@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 import torch
 
-from flowkd import CriticalPeriod, DistillStep, InformationFlowLoss, SupervisedStep
+from flowkd import Batch, CriticalPeriod, DistillStep, InformationFlowLoss, SupervisedStep
 from flowkd.cli import main
 from flowkd.models import create_model
 
@@ -32,7 +32,7 @@ def _loss_and_grad(aux, student, x, y, *, amp, channels_last, inference_teacher)
     with DistillStep(student, aux, flow, inference_teacher=inference_teacher) as step:
         student.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            terms = step(x, y)
+            terms = step(Batch(x, y))
         terms["loss"].backward()
     return terms, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])
 
@@ -82,9 +82,9 @@ def test_compiled_student_gives_the_same_loss():
     aux, student = _models()
     flow = InformationFlowLoss(PAIRS, CriticalPeriod())
     with DistillStep(student, aux, flow) as step:
-        plain = step(x, y)["loss"].item()
+        plain = step(Batch(x, y))["loss"].item()
     with DistillStep(torch.compile(student), aux, flow) as step:
-        compiled = step(x, y)["loss"].item()
+        compiled = step(Batch(x, y))["loss"].item()
     assert compiled == pytest.approx(plain, rel=1e-4)
-    sup = SupervisedStep(torch.compile(student))(x, y)["loss"].item()
-    assert sup == pytest.approx(SupervisedStep(student)(x, y)["loss"].item(), rel=1e-4)
+    sup = SupervisedStep(torch.compile(student))(Batch(x, y))["loss"].item()
+    assert sup == pytest.approx(SupervisedStep(student)(Batch(x, y))["loss"].item(), rel=1e-4)

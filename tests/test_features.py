@@ -103,9 +103,9 @@ def test_a_subset_run_takes_its_rows_from_the_full_split_file(tmp_path):
     sub = full.subset([3, 7, 8, 20, 39]).subset([4, 0, 2])  # nested subsets keep the original rows
     assert sub.source_rows().tolist() == [39, 3, 8] and sub.source_len == 40
     bank = FeatureBank({"f": feats}, labels).align(sub)
-    loader = Loader(sub, batch_size=2, shuffle=True, seed=1, with_index=True)
+    loader = Loader(sub, batch_size=2, shuffle=True, seed=1)
     seen = []
-    for x, y, index in loader:
+    for y, index in ((b.y, b.index) for b in loader):
         got = bank.lookup(index)["f"]
         for row, g, yy in zip(sub.source_rows()[index].tolist(), got, y):  # naive: the file's row, by hand
             assert torch.equal(g, feats[row]) and int(yy) == int(labels[row])
@@ -116,7 +116,7 @@ def test_a_subset_run_takes_its_rows_from_the_full_split_file(tmp_path):
 def test_loader_index_names_the_batch_samples():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
     data = ArrayDataset(images, torch.zeros(10, dtype=torch.long), ["a"], mean=(0.0,), std=(1 / 255,))
-    for x, _, index in Loader(data, batch_size=3, shuffle=True, seed=4, with_index=True):
+    for x, index in ((b.x, b.index) for b in Loader(data, batch_size=3, shuffle=True, seed=4)):
         assert torch.equal(x[:, 0, 0, 0].round().long(), index)
 
 

@@ -88,9 +88,9 @@ def test_loader_in_order_with_normalisation():
     loader = Loader(data, batch_size=4)
     assert len(loader) == 3
     batches = list(loader)
-    assert [len(y) for _, y in batches] == [4, 4, 2]
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
+    assert [len(b.y) for b in batches] == [4, 4, 2]
+    x = torch.cat([b.x for b in batches])
+    y = torch.cat([b.y for b in batches])
     assert x.dtype == torch.float32 and x.shape == (10, 2, 3, 4)
     assert y.tolist() == list(range(10))
     torch.testing.assert_close(x, manual_normalize(data.images, mean, std), rtol=1e-6, atol=1e-6)
@@ -98,7 +98,7 @@ def test_loader_in_order_with_normalisation():
     v = int(data.images[7, 1, 2, 3])
     assert x[7, 1, 2, 3].item() == pytest.approx((v / 255.0 - 0.6) / 0.3, abs=1e-5)
     # iterating again gives the same thing
-    x2 = torch.cat([b[0] for b in loader])
+    x2 = torch.cat([b.x for b in loader])
     torch.testing.assert_close(x, x2, rtol=0, atol=0)
 
 
@@ -111,7 +111,7 @@ def test_drop_last_and_len(n, bs, drop, expected):
     for shuffle in (False, True):
         loader = Loader(data, batch_size=bs, drop_last=drop, shuffle=shuffle)
         assert len(loader) == len(expected)
-        assert [len(y) for _, y in loader] == expected
+        assert [len(b.y) for b in loader] == expected
 
 
 def test_bad_batch_size():
@@ -123,7 +123,7 @@ def test_bad_batch_size():
 
 def _epoch_labels(loader) -> list[int]:
     out = []
-    for x, y in loader:
+    for x, y in ((b.x, b.y) for b in loader):
         # the image still matches its label after gathering (value i <-> label i, mean 0, std 1)
         torch.testing.assert_close(x[:, 0, 0, 0], y.float() / 255.0)
         out += y.tolist()
@@ -238,18 +238,18 @@ def test_loader_augmentation_replays_the_epoch_draws():
     # by hand: one generator per (seed, epoch): the order first, then each batch's crops and flips in turn
     gen = epoch_generator(3, 2)
     order = torch.randperm(7, generator=gen)
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y) in enumerate((b.x, b.y) for b in batches):
         idx = order[i * 3:(i + 1) * 3]
         ref, *_ = naive_crop_flip(data.images[idx], 4, gen)
         assert y.tolist() == data.labels[idx].tolist()
         torch.testing.assert_close(x, manual_normalize(ref, (0.5, 0.25), (0.25, 0.5)), rtol=1e-6, atol=1e-6)
     # padded pixels are zeros before normalisation: (0 - mean) / std after it
-    assert torch.isclose(torch.cat([b[0][:, 0] for b in batches]), torch.tensor(-2.0)).any()
+    assert torch.isclose(torch.cat([b.x[:, 0] for b in batches]), torch.tensor(-2.0)).any()
     again = list(loader)
-    for (x1, _), (x2, _) in zip(batches, again):
-        assert torch.equal(x1, x2)
+    for b1, b2 in zip(batches, again):
+        assert torch.equal(b1.x, b2.x)
     loader.set_epoch(3)
-    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, loader))
+    assert not all(torch.equal(a.x, b.x) for a, b in zip(batches, loader))
 
 
 def test_epoch_generator_depends_on_seed_and_epoch():
@@ -263,16 +263,16 @@ def test_epoch_generator_depends_on_seed_and_epoch():
 def test_chunked_batches_equal_batches_made_one_at_a_time(world, rank, shuffle, augment, drop_last):
     data = make_data(n=23, c=3, h=4, w=5)
     kw = dict(batch_size=4, shuffle=shuffle, augment=augment, pad=2, seed=5, drop_last=drop_last,
-              channels_last=True, world=world, rank=rank, with_index=True)
+              channels_last=True, world=world, rank=rank)
     one = Loader(data, chunk_bytes=0, **kw)            # one batch per chunk
     chunked = Loader(data, chunk_bytes=3 * 4 * 60 * 4, **kw)  # three batches per chunk: a partial last chunk
     for loader in (one, chunked):
         loader.set_epoch(1)
     a, b = list(one), list(chunked)
     assert len(a) == len(b) == len(one)
-    for (x1, y1, i1), (x2, y2, i2) in zip(a, b):
+    for (x1, y1, i1), (x2, y2, i2) in (((p.x, p.y, p.index), (q.x, q.y, q.index)) for p, q in zip(a, b)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(i1, i2)
         assert x2.is_contiguous(memory_format=torch.channels_last)
     # every sample of the epoch exactly once over the ranks' shares (world 1: the whole epoch)
     if world == 1 and not drop_last:
-        assert sorted(torch.cat([i for _, _, i in b]).tolist()) == list(range(23))
+        assert sorted(torch.cat([q.index for q in b]).tolist()) == list(range(23))

@@ -5,7 +5,7 @@ Passalis, Tzelepi & Tefas, "Heterogeneous Knowledge Distillation using Informati
 
 from .auxiliary import make_auxiliary
 from .config import Config, load_config
-from .data import ArrayDataset, Loader
+from .data import ArrayDataset, Batch, Loader
 from .cost import model_cost
 from .errors import FlowKDError
 from .export import export
@@ -19,13 +19,14 @@ from .pipeline import Pipeline
 from .schedules import Constant, CriticalPeriod
 from .steps import DistillStep, EpochValue, Step, SupervisedStep
 from .taps import FrozenTaps, Taps, frozen_taps
+from .teachers import Teacher, as_teacher
 
 __version__ = "0.1.0"
 
 __all__ = [
     "pkt_loss", "PKTLoss", "InformationFlowLoss", "CriticalPeriod", "Constant", "Taps", "FrozenTaps", "frozen_taps",
     "make_auxiliary", "create_model", "train", "Step", "EpochValue", "SupervisedStep", "DistillStep",
-    "ArrayDataset", "Loader",
+    "ArrayDataset", "Loader", "Batch", "Teacher", "as_teacher",
     "Pipeline", "Config", "load_config", "FlowKDError", "FeatureBank", "load_features", "save_features",
     "compute_features", "export", "export_run", "model_cost", "__version__",
 ]

@@ -1,9 +1,10 @@
 """Many students in one pass: consecutive stages that read the same data train together.
 
 A cohort's stages see the same batches (same loader: order and augmentation draws come from the run's data
-seed), so each batch is gathered and augmented once, and each frozen teacher network computes its taps once
-per batch for every student that reads it (the union of their taps); students whose layer pairs read the same
-teacher taps also share the teacher's side of PKT (``SharedFeatures.memo``). Each student keeps its own step,
+seed), so each batch is gathered and augmented once and handed to every student as one
+:class:`~flowkd.teachers.Batch`; each teacher computes its taps once per batch for every student that reads it
+(the union of their taps, :func:`shared_teachers`), and students whose layer pairs read the same teacher taps
+also share the teacher's side of PKT (through the batch's memo). Each student keeps its own step,
 loss, schedule, optimiser, learning-rate plan, records and checkpoints (``flowkd.loop.Trainer``); on a CPU
 the weights and metrics are bit-identical to training the same stages one after another.
 
@@ -22,7 +23,7 @@ students one at a time (on the same threads, so the run stays reproducible).
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Sequence
@@ -32,10 +33,9 @@ import torch
 from .errors import FlowKDError
 from .loop import Trainer, progress
 from .stages import Stage
-from .steps import DistillStep
-from .taps import FrozenTaps
+from .teachers import SharedTeacher, as_batch, as_teacher
 
-__all__ = ["cohorts", "train_cohort", "SharedTeacher", "SharedFeatures", "worker_plan"]
+__all__ = ["cohorts", "train_cohort", "shared_teachers", "worker_plan"]
 
 
 def cohorts(stages: Sequence[Stage]) -> list[list[Stage]]:
@@ -58,80 +58,30 @@ def _independent(st: Stage, group: list[Stage]) -> bool:
     return st.model_name not in trained and st.teacher_name not in trained and st.model_name not in teachers
 
 
-class Memo:
-    """Values derived from one batch's teacher features, computed once by the first student that asks
-    (the others, on other threads too, wait for it and read the same tensors)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._locks: dict = {}
-        self._values: dict = {}
-
-    def get(self, key, compute: Callable):
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self._values:
-                self._values[key] = compute()
-            return self._values[key]
-
-
-class SharedFeatures(dict):
-    """A shared teacher's taps of one batch (tap -> features), with a :class:`Memo` for what the students
-    derive from them alike (the teachers' side of PKT: ``flowkd.flow``)."""
-
-    def __init__(self, feats: dict):
-        super().__init__(feats)
-        self.memo = Memo()
-
-
-class SharedTeacher:
-    """A frozen network's taps for every student of a cohort that reads it: computed once per batch (the union
-    of the students' taps), then handed to each student's step."""
-
-    def __init__(self, model, specs, inference_mode: bool = True):
-        self.frozen = FrozenTaps(model, specs, inference_mode)
-        self._ready: dict[int, tuple[torch.Tensor, dict]] = {}  # by the batch tensor's id (the tensor kept with it)
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        hit = self._ready.get(id(x))
-        if hit is not None and hit[0] is x:  # the cohort hands every student the same batch tensor
-            return hit[1]
-        feats = SharedFeatures(self.frozen(x))
-        self._ready = {id(x): (x, feats)}  # one batch at a time: the previous one is done
-        return feats
-
-    def prepare(self, x: torch.Tensor) -> None:
-        """Compute the taps of a batch to come (students side by side: on the thread that makes the batches)."""
-        self._ready[id(x)] = (x, SharedFeatures(self.frozen(x)))
-
-    def release(self, x: torch.Tensor) -> None:
-        """Every student is done with batch ``x``."""
-        self._ready.pop(id(x), None)
-
-    def remove(self) -> None:
-        self.frozen.remove()
-        self._ready = {}
-
-
-def share_teachers(group: list[Stage]) -> list[SharedTeacher]:
-    """Point every distillation step of ``group`` that reads the same teacher network at one SharedTeacher."""
-    by_teacher: dict[int, list[Stage]] = {}
+@contextlib.contextmanager
+def shared_teachers(group: list[Stage], inference_mode: bool = True):
+    """While the block runs, every step of ``group`` whose stage reads the same teacher source (a network,
+    features, an extractor) as another member reads one :class:`~flowkd.teachers.SharedTeacher`: that
+    source's taps (the union of the members') computed once per batch. Yields the shared teachers; then the
+    steps read their own teachers again and the shared ones are closed."""
+    by_source: dict[int, list[Stage]] = {}
     for st in group:
-        if isinstance(st.step, DistillStep) and isinstance(st.step.teacher, FrozenTaps):
-            by_teacher.setdefault(id(st.step.teacher.model), []).append(st)
-    shared = []
-    for members in by_teacher.values():
-        if len(members) < 2:
-            continue
-        first = members[0].step.teacher
-        specs = list(dict.fromkeys(t for st in members for t in st.flow.teacher_taps))
-        teacher = SharedTeacher(first.model, specs, first.inference_mode)
-        for st in members:
-            st.step.teacher.remove()
-            st.step.teacher = teacher
-        shared.append(teacher)
-    return shared
+        if st.teacher is not None and st.teacher_source is not None:
+            by_source.setdefault(id(st.teacher_source), []).append(st)
+    shared, members = [], [m for m in by_source.values() if len(m) > 1]
+    try:
+        for m in members:
+            taps = list(dict.fromkeys(t for st in m for t in st.teacher.taps))
+            teacher = SharedTeacher(as_teacher(m[0].teacher_source, taps, inference_mode))
+            shared.append(teacher)
+            for st in m:
+                st.step.teacher = teacher
+        yield shared
+    finally:
+        for st in (st for m in members for st in m):
+            st.step.teacher = st.teacher
+        for teacher in shared:
+            teacher.close()
 
 
 def _per_worker(workers: int) -> int:
@@ -182,8 +132,9 @@ class _SideBySide:
         def make():
             b = next(it, None)
             if b is not None:
-                for s in teachers:
-                    s.prepare(b[0])
+                b = as_batch(b)
+                for s in teachers:  # the shared teachers' taps, into the batch's memo
+                    s(b)
             return b
 
         n = len(active)
@@ -211,8 +162,6 @@ class _SideBySide:
                     i = at[who]
                     at[who], left[i] = i + 1, left[i] - 1
                     if not left[i]:
-                        for s in teachers:
-                            s.release(made[i][0])
                         del made[i], left[i]
                         if self.checking:
                             self._checked()
@@ -280,6 +229,7 @@ def _train(loader, trainers, show_progress, on_failure, pool, teachers, log) -> 
         bar = dict(desc=f"{label} {epoch + 1}/{total}", total=len(loader), enabled=show_progress)
         if side is None:
             for batch in progress(loader, **bar):
+                batch = as_batch(batch)  # one Batch (one memo) for every student
                 for t in active:
                     t.batch(batch)
         else:

@@ -21,7 +21,7 @@ def extract(model: nn.Module, data: ArrayDataset, tap: str, batch_size: int = 10
     """(features (N, D), model outputs (N, ...)) for ``data`` in order, in eval mode, no augmentation."""
     feats, outs = [], []
     with frozen_taps(model, [tap]) as taps:
-        for x, _ in Loader(data, batch_size):
+        for x in (b.x for b in Loader(data, batch_size)):
             out, f = taps.run(x)
             feats.append(f[tap].float())
             outs.append(out.float() if isinstance(out, torch.Tensor) else torch.zeros(len(x), 0, device=x.device))

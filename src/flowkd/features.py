@@ -17,7 +17,7 @@ Two uses, one mechanism (``FeatureBank``):
 
 A bank is aligned to the training set once (``align``): its rows are checked (count, labels) and reordered to
 the dataset's positions (a ``train_subset`` picks its rows from the full-split file). During training the
-step looks features up by the batch's sample positions (``Loader(with_index=True)``).
+teacher looks features up by the batch's sample positions (``Batch.index``, ``flowkd.teachers.FeatureTeacher``).
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def compute_features(model: nn.Module, specs: Iterable[str], data: ArrayDataset,
     specs = list(dict.fromkeys(specs))
     chunks: dict[str, list[torch.Tensor]] = {s: [] for s in specs}
     with frozen_taps(model, specs) as frozen:
-        for x, _ in Loader(data, batch_size):
-            for k, v in frozen(x).items():
+        for batch in Loader(data, batch_size):
+            for k, v in frozen(batch.x).items():
                 chunks[k].append(v.to(dtype) if dtype is not None else v.float())
     return FeatureBank({k: torch.cat(v) for k, v in chunks.items()}, data.labels.clone(),
                        f"{type(model).__name__} (computed once)", representation="")

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from .data.batch import Memo
 from .errors import FlowKDError
 from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pairs_target, pkt_dtype, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
@@ -79,13 +80,14 @@ class InformationFlowLoss(nn.Module):
         return w
 
     def forward(
-        self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int | None = None
+        self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int | None = None,
+        *, memo: Memo | None = None,
     ) -> dict[str, torch.Tensor]:
         """The weighted sum. The weights are ``weight_buffer`` (what the training loop writes before each
         epoch), or the schedule's weights at ``epoch`` when one is given (for use outside the loop).
-        A ``teacher`` mapping with a ``memo`` (a cohort's shared teacher, ``flowkd.cohort.SharedFeatures``)
-        keeps the teachers' side of the PKT stack there: computed once per batch for every student whose
-        pairs read the same teacher taps (same values as computing it here)."""
+        ``memo`` (the batch's, ``flowkd.teachers.Batch.memo``) keeps the teachers' side of the PKT stack: the
+        students of a cohort are handed the same batch and, reading the same teacher tensors, compute it once
+        (the same values as computing it here)."""
         if epoch is None:
             weights = self.weight_buffer
         else:
@@ -93,10 +95,10 @@ class InformationFlowLoss(nn.Module):
         if self.batched:
             first = self.pair_losses[0]
             ts, ss = [teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs]
-            memo = getattr(teacher, "memo", None)  # a cohort's shared teacher: its side once per batch
-            target = None if memo is None else memo.get(
-                ("pkt", tuple(t for t, _ in self.pairs), first.log_eps, pkt_dtype((*ts, *ss))),
-                lambda: pairs_target(ts, ss, first.log_eps))
+            target = None
+            if memo is not None:  # keyed by the teacher tensors themselves, kept alive with the value
+                key = ("pkt", tuple(map(id, ts)), first.log_eps, pkt_dtype((*ts, *ss)))
+                target = memo.get(key, lambda: (ts, pairs_target(ts, ss, first.log_eps)))[1]
             stacked = pkt_pairs(ts, ss, first.divergence, first.log_eps, target=target)
         else:
             stacked = torch.stack([loss(teacher[t], student[s]).float()

@@ -11,6 +11,7 @@ import torch
 
 from .errors import FlowKDError, first_line
 from .steps import Step
+from .teachers import Batch
 
 __all__ = ["StepGraph", "one_step"]
 
@@ -63,29 +64,30 @@ class _GraphSteps:
             self.graphs.clear()
             self.key = key
 
-    def __call__(self, batch, step: Step, opt, ctx: Callable) -> dict:
-        shape = tuple(batch[0].shape)
+    def __call__(self, batch: Batch, step: Step, opt, ctx: Callable) -> dict:
+        shape = tuple(batch.x.shape)
         if shape in self.graphs:
             graph, static = self.graphs[shape]
-            for dst, src in zip(static, batch):
-                dst.copy_(src)
+            for name, src in batch.tensors().items():
+                static[name].copy_(src)
             return graph()
 
         def eager(b):  # gradients zeroed in place: the captured step reuses their memory
             return one_step(b, step, opt, ctx, set_to_none=False)
 
         terms = self.graph_cls.warm(lambda: eager(batch))
-        static = [b.clone() for b in batch]
-        self.graphs[shape] = (self.graph_cls(lambda s=static: eager(s)), static)
+        static = {name: t.clone() for name, t in batch.tensors().items()}
+        # the step runs on the static tensors, as a batch of their own (its memo: what the capture computes)
+        self.graphs[shape] = (self.graph_cls(lambda s=static: eager(Batch(**s))), static)
         return terms
 
 
-def one_step(batch, step: Step, opt, ctx: Callable, set_to_none: bool) -> dict:
+def one_step(batch: Batch, step: Step, opt, ctx: Callable, set_to_none: bool) -> dict:
     """Forward, backward and optimiser step on one batch; the terms with a detached loss (no autograd graph
     kept alive, e.g. into a capture)."""
     opt.zero_grad(set_to_none=set_to_none)
     with ctx():
-        terms = step(*batch)
+        terms = step(batch)
     terms["loss"].backward()
     opt.step()
     return {**terms, "loss": terms["loss"].detach()}

@@ -1,10 +1,10 @@
 """The one training loop. Every stage and every baseline is a step (``flowkd.steps``) plugged into it.
 
-``step(x, y[, index]) -> {"loss": tensor, other named terms...}`` (``index`` when the loader yields the batch's
-sample positions, as ``Loader(with_index=True)`` does). The loop owns every per-epoch value: the learning rate
+``step(batch) -> {"loss": tensor, other named terms...}``, ``batch`` a :class:`~flowkd.teachers.Batch` (what
+flowkd's ``Loader`` yields; a plain iterable's ``(x, y[, index])`` tuples are made into one). The loop owns every per-epoch value: the learning rate
 of each phase, the optimiser and its restarts, and the step's ``per_epoch`` buffers (the layer pairs'
 weights), written before each epoch; plus the epoch averages of every term, the non-finite check, and the
-progress bar. Eager and captured (CUDA graph) training share one step function, ``_one_step``.
+progress bar. Eager and captured (CUDA graph) training share one step function, ``one_step`` (``flowkd.graphs``).
 (Just over 300 lines: the plan's rules — phases, annealing, restarts, averaging — and the Trainer that applies
 them are read together.)
 """
@@ -22,6 +22,7 @@ from torch import nn
 from .errors import FlowKDError
 from .graphs import StepGraph, _GraphSteps, one_step
 from .steps import Step
+from .teachers import as_batch
 
 __all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
@@ -177,6 +178,7 @@ class Trainer:
 
     def batch(self, batch) -> None:
         t0 = time.perf_counter()
+        batch = as_batch(batch)
         if self.graphs is not None:
             terms = self.graphs(batch, self.step, self.opt, self.ctx)
         else:

@@ -5,6 +5,7 @@ a value), ``loop`` (training), ``rundir`` (files and resume), ``analysis.probe``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 
@@ -18,7 +19,7 @@ from .distributed import init_distributed
 from .errors import FlowKDError, warn
 from .cost import model_cost
 from .evaluation import evaluate_representation
-from .cohort import cohorts, share_teachers, train_cohort, worker_plan
+from .cohort import cohorts, shared_teachers, train_cohort, worker_plan
 from .loop import Trainer
 from .report import results_table
 from .rundir import RunDir, cpu_state
@@ -169,16 +170,13 @@ class Pipeline:
         partials = partials or {}
         group[0].seed(self.cfg.seed)
         fast = self.cfg.fast
-        shared = share_teachers(group) if len(group) > 1 and not fast.cuda_graph else []
+        share = len(group) > 1 and not fast.cuda_graph
         # students side by side: not with collectives (each rank's students would meet them in any order)
         workers, threads = worker_plan(fast.student_workers if not self.dist.enabled else 1, len(group), self.device)
-        try:
+        with shared_teachers(group, fast.inference_teacher) if share else contextlib.nullcontext([]) as shared:
             trainers = [self._trainer(st, partials.get(st.name)) for st in group]
             errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress, workers=workers,
                                   threads=threads, teachers=shared, log=self.log)
-        finally:
-            for t in shared:
-                t.remove()
         if len(group) == 1 and errors:
             raise next(iter(errors.values()))
         return trainers, errors

@@ -13,12 +13,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import StageConfig, pair_loss_options
 from .bank import entry_for
+from .config import StageConfig, pair_loss_options
 from .data.arrays import Loader
 from .distributed import gather_rows
 from .errors import FlowKDError
-from .features import FeatureBank
 from .flow import InformationFlowLoss
 from .losses.baselines import PAIR_LOSSES
 from .registry import Registry
@@ -26,6 +25,7 @@ from .runmodels import RunModels, channels_last, seed_for
 from .schedules import SCHEDULES
 from .steps import DistillStep, Step, SupervisedStep
 from .taps import frozen_taps
+from .teachers import Teacher, as_teacher
 
 __all__ = ["Stage", "Plan", "STAGE_KINDS", "build_stage", "stage_pairs"]
 
@@ -57,7 +57,8 @@ class Stage:
     params: list = field(default_factory=list)   # the model's and the loss's trainable parameters
     flow: InformationFlowLoss | None = None
     teacher_name: str = ""
-    teacher: object = None        # a network, a FeatureBank, or None
+    teacher: Teacher | None = None   # what the step reads the teacher's side from (None: no teacher)
+    teacher_source: object = None    # what ``teacher`` wraps: a network, a FeatureBank (shared in a cohort)
     trains_head: bool = False     # the classifier head learns from labels in this stage
     info: dict = field(default_factory=dict)
     rng: torch.Tensor | None = None  # the CPU generator's state training starts from (None: the stage's seed)
@@ -68,7 +69,7 @@ class Stage:
         """What makes two stages read the same batches (and so able to train as a cohort)."""
         ld = self.loader
         return (id(ld.data), ld.batch_size, ld.shuffle, ld.augment, ld.pad, ld.seed, ld.drop_last, ld.channels_last,
-                ld.rank, ld.world, ld.with_index, id(ld.views) if ld.views is not None else None)
+                ld.rank, ld.world, id(ld.views) if ld.views is not None else None)
 
     def seed(self, run_seed: int) -> None:
         """Put the random generators where this stage's training starts."""
@@ -110,13 +111,13 @@ def stage_pairs(s: StageConfig, run: RunModels) -> list[tuple[str, str]]:
     return list(zip(t, st))
 
 
-def _loader(s: StageConfig, ctx: Context, indexed: bool, augment: bool, views=None) -> Loader:
+def _loader(s: StageConfig, ctx: Context, augment: bool, views=None) -> Loader:
     cfg = ctx.cfg
     # every stage of a run reads the same stream of batches (order and augmentation draws): a fair comparison
     # of students, and what lets consecutive stages train as a cohort (flowkd.cohort)
     return Loader(ctx.run.train_set, cfg.data.batch_size, shuffle=True, augment=augment,
                   seed=seed_for(cfg.seed, "data"), channels_last=channels_last(cfg, ctx.run.device), drop_last=cfg.data.drop_last,
-                  rank=ctx.rank, world=ctx.world, with_index=indexed, views=views)
+                  rank=ctx.rank, world=ctx.world, views=views)
 
 
 def banked_teacher(s: StageConfig, ctx: Context, flow: InformationFlowLoss):
@@ -139,7 +140,7 @@ def banked_teacher(s: StageConfig, ctx: Context, flow: InformationFlowLoss):
         forms[entries[t]] = form
     if sum(s.epochs):  # a stage switched off reads nothing
         run.want_views(s.teacher, forms, count)
-    return bank.teacher_for(entries, count), _loader(s, ctx, True, True, views=bank.view_table(count))
+    return bank.teacher_for(entries, count), _loader(s, ctx, True, views=bank.view_table(count))
 
 
 def _plan(s: StageConfig) -> Plan:
@@ -185,7 +186,7 @@ def build_supervised(s: StageConfig, ctx: Context) -> Stage:
         raise FlowKDError(f"stage {s.name!r}: model {s.model!r} gives {got} per image, but a supervised stage needs "
                           f"one logit per class: the data has {classes} classes")
     forward = ctx.forward(s.model)
-    return Stage(s.name, s.model, model, forward, _loader(s, ctx, False, ctx.cfg.data.augment),
+    return Stage(s.name, s.model, model, forward, _loader(s, ctx, ctx.cfg.data.augment),
                  SupervisedStep(forward), _plan(s), list(model.parameters()), trains_head=True,
                  info={"kind": "supervised"}, sweep_of=s.sweep_of)
 
@@ -215,23 +216,25 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     torch.manual_seed(seed_for(cfg.seed, "train/" + (s.sweep_of or s.name)))  # a trainable loss (FitNets) draws its init here
     flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
     rng = torch.get_rng_state()
+    source = run.teacher(s.teacher)
     banked, bank_loader = banked_teacher(s, ctx, flow)
-    teacher = banked if banked is not None else run.teacher(s.teacher)
-    indexed = isinstance(teacher, FeatureBank)
-    augment = s.augment if isinstance(s.augment, bool) else cfg.data.augment and not indexed
-    if indexed and cfg.data.augment and s.augment == "auto":
+    source = banked if banked is not None else source
+    precomputed = s.teacher in run.banks
+    augment = s.augment if isinstance(s.augment, bool) else cfg.data.augment and not precomputed
+    if precomputed and cfg.data.augment and s.augment == "auto":
         ctx.log(f"[{s.name}] teacher {s.teacher!r} is precomputed on the augmentation-free images: "
                 "this stage trains without augmentation (set augment = true to override)")
     forward = ctx.forward(s.model)
     gather = gather_rows if ctx.distributed and cfg.distributed.gather_features else None
-    step = DistillStep(forward, teacher, flow, s.ce_weight, cfg.fast.inference_teacher, gather)
+    teacher = as_teacher(source, flow.teacher_taps, cfg.fast.inference_teacher)
+    step = DistillStep(forward, teacher, flow, s.ce_weight, gather=gather)
     info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule),
-            "augment": augment, "teacher_precomputed": indexed}
+            "augment": augment, "teacher_precomputed": precomputed}
     if banked is not None:
         info.update(augment=True, teacher_views=banked.count, bank=str(banked.bank.dir))
-    loader = bank_loader if bank_loader is not None else _loader(s, ctx, indexed, augment)
+    loader = bank_loader if bank_loader is not None else _loader(s, ctx, augment)
     return Stage(s.name, s.model, model, forward, loader, step, _plan(s),
-                 list(model.parameters()) + list(flow.parameters()), flow, s.teacher, teacher,
+                 list(model.parameters()) + list(flow.parameters()), flow, s.teacher, teacher, source,
                  trains_head=s.ce_weight > 0, info=info, rng=rng, sweep_of=s.sweep_of)
 
 

@@ -1,38 +1,33 @@
 """Training steps: what one batch does. The loop (``flowkd.loop``) owns everything else.
 
-A step is called as ``step(x, y[, index]) -> {"loss": tensor, other named terms...}`` (``index``: the batch's
-sample positions, when the loader yields them, ``Loader(with_index=True)``). A step never sees the epoch:
-values that change from epoch to epoch (the layer pairs' weights) are device buffers that the loop writes
-before each epoch, as it writes the learning rate; a step lists them in ``per_epoch`` (see
+A step is called as ``step(batch) -> {"loss": tensor, other named terms...}``, ``batch`` being a
+:class:`~flowkd.teachers.Batch` (images, labels, sample positions, a per-batch memo). A step never sees the
+epoch: values that change from epoch to epoch (the layer pairs' weights) are device buffers that the loop
+writes before each epoch, as it writes the learning rate; a step lists them in ``per_epoch`` (see
 :class:`EpochValue`). So one captured CUDA graph of a step serves a whole stage.
 
 - :class:`SupervisedStep`: cross-entropy on labels (the auxiliary teacher's first stage, a labels-only
   baseline, a teacher);
 - :class:`DistillStep`: an information-flow loss between a teacher's features and the student's taps
   (one pair = PKT on the final representation; all pairs + a critical period = the student stage), optionally
-  plus cross-entropy. A teacher is a network (read through ``FrozenTaps``), any callable
-  ``images -> {tap: features}`` (e.g. a handcrafted extractor), or a ``FeatureBank`` of precomputed features
-  looked up by the batch's sample positions.
+  plus cross-entropy. The teacher is anything :func:`~flowkd.teachers.as_teacher` takes (a network, an
+  extractor, precomputed features, a :class:`~flowkd.teachers.Teacher`); the step only calls it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FlowKDError
-from .features import FeatureBank
 from .flow import InformationFlowLoss
-from .taps import FrozenTaps, Taps
+from .taps import Taps
+from .teachers import Batch, as_teacher
 
 __all__ = ["Step", "EpochValue", "SupervisedStep", "DistillStep"]
-
-FeatureFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
-
 
 @dataclass(frozen=True)
 class EpochValue:
@@ -52,7 +47,7 @@ class Step(Protocol):
 
     per_epoch: Sequence[EpochValue]
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> dict: ...
+    def __call__(self, batch: Batch) -> dict: ...
 
 
 class SupervisedStep:
@@ -63,8 +58,8 @@ class SupervisedStep:
     def __init__(self, model: nn.Module):
         self.model = model
 
-    def __call__(self, x, y, index=None):
-        ce = F.cross_entropy(self.model(x), y)
+    def __call__(self, batch: Batch) -> dict:
+        ce = F.cross_entropy(self.model(batch.x), batch.y)
         return {"loss": ce, "ce": ce.detach()}
 
     def close(self) -> None:
@@ -74,18 +69,15 @@ class SupervisedStep:
 class DistillStep:
     """The information-flow step: ``teacher`` features vs the ``student``'s taps, optionally + cross-entropy.
 
-    ``teacher`` is a network (its taps read frozen, ``FrozenTaps``), any callable ``images -> {tap: features}``,
-    or a ``FeatureBank`` aligned with the loader's dataset (the step is then called with the batch's sample
-    positions). Hooks stay on the models until ``close()`` (or the ``with`` block ends). ``gather``
-    (distributed training) all-gathers both sides' features so PKT sees the global batch.
+    ``teacher``: anything :func:`~flowkd.teachers.as_teacher` takes; it is asked for the flow's teacher taps
+    (``inference_teacher``: a network's pass runs in inference mode, else under ``no_grad``). The step reads
+    ``self.teacher`` and closes it with its own hooks on ``close()`` (or when the ``with`` block ends).
+    ``gather`` (distributed training) all-gathers both sides' features so PKT sees the global batch.
     """
 
     def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0,
                  inference_teacher: bool = True, gather: Callable | None = None):
-        self.teacher = (FrozenTaps(teacher, flow.teacher_taps, inference_teacher)
-                        if isinstance(teacher, nn.Module) else teacher)
-        if isinstance(self.teacher, FeatureBank):
-            self.teacher.check_taps(flow.teacher_taps)
+        self.teacher = as_teacher(teacher, flow.teacher_taps, inference_teacher)
         self.taps = Taps(student, flow.student_taps)
         device = next((p.device for p in student.parameters()), None)
         if device is not None:
@@ -97,22 +89,16 @@ class DistillStep:
     def per_epoch(self) -> Sequence[EpochValue]:
         return (EpochValue(self.flow.weight_buffer, self.flow.weights),)
 
-    def __call__(self, x, y, index=None):
-        if isinstance(self.teacher, FeatureBank):
-            if index is None:
-                raise FlowKDError("a teacher given as precomputed features needs the batch's sample positions: "
-                                  "use Loader(..., with_index=True)")
-            t = self.teacher.lookup(index, self.flow.teacher_taps)
-        else:
-            with torch.no_grad():
-                t = self.teacher(x)
-        out, s = self.taps(x)
+    def __call__(self, batch: Batch) -> dict:
+        with torch.no_grad():
+            t = self.teacher(batch)
+        out, s = self.taps(batch.x)
         if self.gather is not None:  # distributed: the similarity batch is the global batch
             t = {k: self.gather(v.clone()) for k, v in t.items()}
             s = {k: self.gather(v) for k, v in s.items()}
-        terms = self.flow(t, s)
+        terms = self.flow(t, s, memo=batch.memo)
         if self.ce_weight:
-            ce = F.cross_entropy(out, y)
+            ce = F.cross_entropy(out, batch.y)
             terms["loss"] = terms["loss"] + self.ce_weight * ce
             terms["ce"] = ce.detach()
         elif self.ddp:  # DDP wants every parameter in the graph: the unused head gets a zero gradient
@@ -121,8 +107,7 @@ class DistillStep:
 
     def close(self) -> None:
         self.taps.remove()
-        if isinstance(self.teacher, FrozenTaps):
-            self.teacher.remove()
+        self.teacher.close()
 
     def __enter__(self):
         return self

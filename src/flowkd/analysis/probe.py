@@ -9,8 +9,8 @@ import time
 import torch
 
 from ..data.load import stratified_index
-from ..features import FeatureBank
 from ..taps import frozen_taps
+from ..teachers import Batch
 from .mi import quadratic_mi
 
 __all__ = ["FlowProbe"]
@@ -28,11 +28,9 @@ class FlowProbe:
         flow = stage.flow
         self.taps = list(dict.fromkeys([*getattr(stage.model, "flow_taps", ()), *(flow.student_taps if flow else [])]))
         self.t_feats = {}
-        if isinstance(stage.teacher, FeatureBank):
-            self.t_feats = stage.teacher.lookup(self.where, flow.teacher_taps)
-        elif stage.teacher is not None:  # the teacher is frozen: its probe features and their MI are computed once
-            with frozen_taps(stage.teacher, flow.teacher_taps) as frozen:
-                self.t_feats = frozen(self.x)
+        if stage.teacher is not None:  # the teacher is frozen: its probe features and their MI are computed once
+            with torch.no_grad():
+                self.t_feats = dict(stage.teacher(Batch(self.x, self.y, index=self.where)))
         self.t_mi = {k: quadratic_mi(v, self.y, kernel) for k, v in self.t_feats.items()}
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import FlowKDError
+from .batch import Batch
 
 __all__ = ["ArrayDataset", "Loader", "epoch_generator", "draw_views", "apply_views", "view_count", "identity_view"]
 
@@ -183,14 +184,14 @@ def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool
 
 
 class Loader:
-    """Batches of (normalised float images, labels) from an ArrayDataset, on the dataset's device.
+    """Batches (:class:`~flowkd.data.batch.Batch`: normalised float images, labels, and ``index``, the samples'
+    positions in ``data``, what a teacher given as precomputed per-sample features looks its rows up by) from an
+    ArrayDataset, on the dataset's device.
 
     ``set_epoch(e)`` picks epoch e's order and augmentation; iterating without it replays epoch 0.
     With ``world > 1`` (distributed training) every rank draws the same order and augmentation and
     takes its contiguous share of each global batch of ``batch_size``: the ranks' shares together are
     exactly the single-process batch. A last batch smaller than ``world`` is dropped.
-    ``with_index=True`` yields ``(x, y, index)``, ``index`` being the samples' positions in ``data`` (what a
-    teacher given as precomputed per-sample features looks its rows up by).
     Consecutive batches are gathered, augmented and normalised together, about ``chunk_bytes`` of float
     images at a time (a few large operations instead of a dozen small ones per batch); the batches are views
     of that chunk and equal, bit for bit, the ones made one at a time (``chunk_bytes=0``). The default
@@ -200,8 +201,8 @@ class Loader:
 
     def __init__(self, data: ArrayDataset, batch_size: int = 128, *, shuffle: bool = False,
                  augment: bool = False, pad: int = 4, seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, rank: int = 0, world: int = 1, with_index: bool = False,
-                 chunk_bytes: int | None = None, views: torch.Tensor | None = None):
+                 channels_last: bool = False, rank: int = 0, world: int = 1, chunk_bytes: int | None = None,
+                 views: torch.Tensor | None = None):
         if batch_size < 1:
             raise FlowKDError(f"batch size must be positive, got {batch_size}")
         if batch_size < world:
@@ -210,7 +211,7 @@ class Loader:
             raise FlowKDError(f"views must be (K, {len(data)}) view ids, one row per view, got {tuple(views.shape)}")
         self.data, self.batch_size, self.shuffle, self.augment, self.pad = data, batch_size, shuffle, augment, pad
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
-        self.rank, self.world, self.with_index = rank, world, with_index
+        self.rank, self.world = rank, world
         self.views = views  # a bank's views: epoch e serves sample i as views[e % K, i] (no random draws)
         self.chunk_bytes = chunk_bytes if chunk_bytes is not None else (
             64 << 20 if data.images.device.type == "cuda" else 8 << 20)
@@ -256,7 +257,7 @@ class Loader:
             views[pos] = drawn
         return views
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[Batch]:
         n = len(self.data)
         dev = self.data.images.device
         order, drawn = self._draw(self.epoch)
@@ -286,4 +287,4 @@ class Loader:
             for lo, hi in group:
                 b = slice(at, at + hi - lo)
                 at = b.stop
-                yield (x[b], y[b], idx[b]) if self.with_index else (x[b], y[b])
+                yield Batch(x[b], y[b], idx[b], view[b] if view is not None else None)
