@@ -209,14 +209,31 @@ class ViewBank:
         most = max(counts.values(), default=0)
         self.view_table(max(most, 1))
         self.dir.mkdir(parents=True, exist_ok=True)
-        manifest = self.dir / "manifest.json"
-        if not manifest.is_file():
-            atomic_write_json(manifest, {"components": self.components, "fingerprint": self.dir.name,
-                                         "note": "a flowkd bank of teacher views; delete the folder to free its space"})
-        for k in range(most):
-            missing = {e: f for e, f in wanted.items() if counts[e] > k and not self.has(k, e)}
-            if missing:
-                self._compute(k, missing, most)
+        with self._lock():  # one process computes a bank at a time; the others then find its files
+            manifest = self.dir / "manifest.json"
+            if not manifest.is_file():
+                atomic_write_json(manifest, {"components": self.components, "fingerprint": self.dir.name,
+                                             "note": "a flowkd bank of teacher views; delete the folder to free its space"})
+            for k in range(most):
+                missing = {e: f for e, f in wanted.items() if counts[e] > k and not self.has(k, e)}
+                if missing:
+                    self._compute(k, missing, most)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """An exclusive lock on the bank's folder (released by the system when the holder dies)."""
+        import fcntl
+
+        with open(self.dir / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.log(f"[{self.name}] another process is computing the bank in {self.dir}: waiting for it")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def size(self) -> int:
         """Bytes on disk of every whole file of this bank."""
