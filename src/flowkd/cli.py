@@ -27,6 +27,8 @@ def _run(args) -> int:
         cfg.device = args.device
     if args.no_progress:
         cfg.progress = False
+    if args.tensorboard:
+        cfg.tensorboard = True
     res = Pipeline(cfg, args.out, resume=args.resume).run()
     if res:  # rank 0 (the only rank when not distributed)
         print(results_table(res))
@@ -51,6 +53,7 @@ def _demo(args) -> int:
     text = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
     cfg = config_from_toml(text, [f"seed={args.seed}", f"device={args.device}", *args.set], "demo config")
     cfg.progress = not args.no_progress
+    cfg.tensorboard = cfg.tensorboard or args.tensorboard
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:1)")
     r.add_argument("--resume", action="store_true", help="continue a run from its last completed stage")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics to DIR/tensorboard/ (the [tensorboard] extra; config key tensorboard)")
     r.set_defaults(fn=_run)
 
     d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, < 60 s)")
@@ -248,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--quiet", action="store_true", help="print only the final table")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--tensorboard", action="store_true", help="also write the metrics to OUT/tensorboard/")
     d.set_defaults(fn=_demo)
 
     e = sub.add_parser("eval", help="retrieval mAP / P@k and accuracy of a model's representation")
