@@ -7,6 +7,7 @@ library; splitting it would scatter the help texts a user reads together.)
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -57,7 +58,7 @@ def _demo(args) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0
-    print(f"\nflowkd demo — {cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
+    print(f"\n{cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
     from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
     with_cost = any(res["models"][key].get("cost") for key, _ in DEMO_ROWS)
@@ -86,7 +87,12 @@ def _eval(args) -> int:
     from .models import create_model
     from .pipeline import load_data, pick_device
 
-    cfg = Config(data=DataConfig(name=args.data, root=args.root or "", cache_dir=args.cache_dir,
+    from .data.readers import _DATASETS
+
+    name, root = args.data, args.root or ""
+    if not root and name != "digits" and name not in _DATASETS.names() and Path(name).is_dir():
+        name, root = "imagefolder", name  # an image folder, as `flowkd init --data` takes it
+    cfg = Config(data=DataConfig(name=name, root=root, cache_dir=args.cache_dir,
                                  eval_batch_size=args.batch_size),
                  device=args.device or "auto")
     train_set, test_set = load_data(cfg)
@@ -122,6 +128,8 @@ def _compare(args) -> int:
     from .compare import compare
 
     out = args.out or tempfile.mkdtemp(prefix="flowkd-compare-")
+    if not args.out:
+        print(f"the runs go to {out} (a temp folder, kept: remove it when done; --out DIR puts them elsewhere)")
     sets = list(args.set) + (["progress=false"] if args.no_progress else [])
     doc = compare(args.config, args.seeds, out, overrides=sets, results_dir=args.results_dir, name=args.name,
                   log=(lambda *a: None) if args.quiet else print, reuse=args.reuse)
@@ -226,7 +234,8 @@ def _init(args) -> int:
 
     write_config(args.out, data=args.data, teacher=args.teacher, student=args.student, root=args.root,
                  epochs=args.epochs)
-    print(f"wrote {args.out}; run it with: flowkd run {args.out} --out runs/{Path(args.out).stem}")
+    run = shlex.join(["flowkd", "run", args.out, "--out", f"runs/{Path(args.out).stem}"])
+    print(f"wrote {args.out}; run it with: {run}")
     return 0
 
 
@@ -258,11 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="retrieval mAP / P@k and accuracy of a model's representation")
     e.add_argument("--model", required=True, help="model name (see `flowkd models`; or timm:NAME, torchvision:NAME, py:MODULE:FACTORY)")
-    e.add_argument("--weights", default="")
+    e.add_argument("--weights", default="", help="a state_dict file (.pt or .safetensors), e.g. a run's "
+                                                 "checkpoints/<stage>.pt (default: the model as initialised)")
     e.add_argument("--width", type=float, default=1.0)
     e.add_argument("--tap", default="", help="representation tap (default: the model's own)")
-    e.add_argument("--data", default="digits")
-    e.add_argument("--root", default="")
+    e.add_argument("--data", default="digits", help="an image folder (FOLDER/{train,test}/<class>/*.png|jpg) or a "
+                                                   "dataset name: digits (default), cifar10, cifar100, stl10, "
+                                                   "cifar10_jpg, imagefolder")
+    e.add_argument("--root", default="", help="the dataset's folder, for a dataset name other than digits")
     e.add_argument("--cache-dir", default="", help="decoded-image cache for image folders")
     e.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda when available)")
     e.add_argument("--batch-size", type=int, default=1024)
