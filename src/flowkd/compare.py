@@ -15,7 +15,7 @@ from .io import atomic_write_json, atomic_write_text
 from .pipeline import Pipeline
 from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
-__all__ = ["compare", "aggregate", "compare_table", "render"]
+__all__ = ["compare", "aggregate", "compare_table", "render", "same_everywhere", "provenance_line"]
 
 COLUMNS = [("cos mAP", ("cosine", "map")), ("euc mAP", ("euclidean", "map")),
            ("cos P@10", ("cosine", "precision_at", 10)), ("cos P@100", ("cosine", "precision_at", 100)),
@@ -52,7 +52,7 @@ def aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
-def _same_everywhere(cell: dict) -> bool:
+def same_everywhere(cell: dict) -> bool:
     """The same value on every seed (of several, to 0.001 points: float sums over other thread counts differ in
     the last digits): one model evaluated once per seed, e.g. one loaded from a file that no stage of the run
     trains; its spread says nothing. (Students trained from different seeds differ by tenths of a point.)"""
@@ -60,7 +60,7 @@ def _same_everywhere(cell: dict) -> bool:
     return len(vals) > 1 and max(vals) - min(vals) < 1e-3
 
 
-def _provenance(doc: dict) -> str:
+def provenance_line(doc: dict) -> str:
     """How the runs were made: config, overrides, mode, and the training time per seed."""
     line = f"config `{doc['config']}`" + (f", overrides `{' '.join(doc['overrides'])}`" if doc.get("overrides") else "")
     if doc.get("mode"):
@@ -78,7 +78,7 @@ def render(doc: dict, path: Path | None = None) -> str:
     """The table of a comparison's JSON document (as ``compare`` writes it); with ``path`` (``.../compare_<name>``
     without suffix) it is written to ``path.md`` with the chart ``path.png``. Re-renders committed results."""
     table = compare_table(doc["models"], doc["title"], doc["seeds"], doc["machine"], doc["wall_s"],
-                          provenance=_provenance(doc) if "config" in doc else "")
+                          provenance=provenance_line(doc) if "config" in doc else "")
     if path is not None:
         atomic_write_text(path.with_suffix(".md"), table)
         doc["plot"] = str(path.with_suffix(".png")) if _plot(doc["models"], doc["title"], path.with_suffix(".png")) else None
@@ -96,7 +96,7 @@ def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float, prov
              "", "| model | params | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
     same = False
     for name, r in agg.items():
-        one = all(_same_everywhere(r[c]) for c in cols if c in r)  # every figure: one model (two accuracies on
+        one = all(same_everywhere(r[c]) for c in cols if c in r)  # every figure: one model (two accuracies on
         same = same or one                                           # a small test set may match by chance)
         cells = [("—" if c not in r else f"{r[c]['mean']:.2f}" if len(r[c]["values"]) == 1
                   else f"{r[c]['mean']:.2f} ¹" if one else f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}") for c in cols]
