@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the metrics to DIR/tensorboard/ (the [tensorboard] extra; config key tensorboard)")
     r.set_defaults(fn=_run)
 
-    d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, < 60 s)")
+    d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, offline; time: results/bench_demo.md)")
     d.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisations and batch order (default 0)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     d.add_argument("--out", default="", help="run directory (default: a new temp folder)")
