@@ -87,10 +87,10 @@ def _eval(args) -> int:
     from .models import create_model
     from .pipeline import load_data, pick_device
 
-    from .data.readers import _DATASETS
+    from .data.readers import dataset_names
 
     name, root = args.data, args.root or ""
-    if not root and name != "digits" and name not in _DATASETS.names() and Path(name).is_dir():
+    if not root and name != "digits" and name not in dataset_names() and Path(name).is_dir():
         name, root = "imagefolder", name  # an image folder, as `flowkd init --data` takes it
     cfg = Config(data=DataConfig(name=name, root=root, cache_dir=args.cache_dir,
                                  eval_batch_size=args.batch_size),
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="model name (see `flowkd models`; or timm:NAME, torchvision:NAME, py:MODULE:FACTORY)")
     e.add_argument("--weights", default="", help="a state_dict file (.pt or .safetensors), e.g. a run's "
                                                  "checkpoints/<stage>.pt (default: the model as initialised)")
-    e.add_argument("--width", type=float, default=1.0)
+    e.add_argument("--width", type=float, default=1.0, help="the model's channel / unit multiplier (default 1)")
     e.add_argument("--tap", default="", help="representation tap (default: the model's own)")
     e.add_argument("--data", default="digits", help="an image folder (FOLDER/{train,test}/<class>/*.png|jpg) or a "
                                                    "dataset name: digits (default), cifar10, cifar100, stl10, "
@@ -277,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--root", default="", help="the dataset's folder, for a dataset name other than digits")
     e.add_argument("--cache-dir", default="", help="decoded-image cache for image folders")
     e.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda when available)")
-    e.add_argument("--batch-size", type=int, default=1024)
-    e.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    e.add_argument("--batch-size", type=int, default=1024, help="feature-extraction batch (default 1024)")
+    e.add_argument("--k", type=int, nargs="+", default=[10, 100], help="precision at these ranks (default 10 100)")
     e.add_argument("--json", default="", help="also write the full results here")
     e.set_defaults(fn=_eval)
 
