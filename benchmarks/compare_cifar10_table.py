@@ -15,6 +15,7 @@ import json
 
 from _common import ROOT
 
+from flowkd.compare import provenance_line, same_everywhere
 from flowkd.io import atomic_write_json, atomic_write_text
 
 ROWS = [  # (model name in the configs, what it is), the paper's comparison in order
@@ -35,11 +36,19 @@ ROWS = [  # (model name in the configs, what it is), the paper's comparison in o
 COLS = [("cos mAP", "legacy cos mAP"), ("euc mAP", "legacy euc mAP"), ("cos P@100", "legacy cos P@100")]
 
 
+def _one_model(row: dict) -> bool:
+    """Every figure the same on every seed: one model evaluated once per seed (see flowkd.compare)."""
+    cells = [v for v in row.values() if isinstance(v, dict) and "values" in v]
+    return bool(cells) and all(same_everywhere(v) for v in cells)
+
+
 def _cell(row: dict, col: str) -> str:
     v = row.get(col)
     if not v:
         return "—"
-    return f"{v['mean']:.2f}" if len(v.get("values", [])) == 1 else f"{v['mean']:.2f} ± {v['std']:.2f}"
+    if len(v.get("values", [])) == 1:
+        return f"{v['mean']:.2f}"
+    return f"{v['mean']:.2f} ¹" if _one_model(row) else f"{v['mean']:.2f} ± {v['std']:.2f}"
 
 
 def _teacher_eval(res) -> tuple[dict, dict] | None:
@@ -75,7 +84,8 @@ def main() -> None:
             found.setdefault(name, (row, doc))
     if "teacher" not in found and _teacher_eval(res) is not None:
         found["teacher"] = _teacher_eval(res)
-    lines = ["# The paper's CIFAR-10 comparison: PreAct ResNet-18 → very tiny CNN (student never sees a label)", "",
+    lines = ["# The paper's CIFAR-10 comparison: PreAct ResNet-18 → very tiny CNN (the information-flow and PKT "
+             "students never see a label; the KD, FitNets, AT and SP baselines add cross-entropy)", "",
              "Protocol: batch 128, 50 epochs per student, augmentation, last epoch, test queries vs train database, "
              "fc1 features. `legacy` = the reference evaluator's values, the only ones to set beside the paper's "
              "figures (which are the reference evaluator's); standard values beside them. Mean ± sample std over "
@@ -98,11 +108,14 @@ def main() -> None:
                      f"{_cell(row, 'cos P@100')} | {_cell(row, 'NCM acc')} | {_cell(row, 'head acc')} | {src} |")
         out_rows.append({"model": name, "what": what, "measured": True, "source": str(doc["config"]),
                          "seeds": doc["seeds"], **{k: v for k, v in row.items() if isinstance(v, dict)}})
+    if any(_one_model(row) for row, _ in found.values()):
+        lines += ["", "¹ the same values on every seed (to 0.001): one model (no stage of the run trains it; here "
+                      "loaded from a file) evaluated once per seed, so it has no spread over seeds."]
     for doc in docs:
         m = doc["machine"]
-        lines += ["", f"- `{doc['config']}`: seeds {doc['seeds']}, {m.get('gpu') or m.get('device')}, torch "
-                      f"{m.get('torch')}, {m.get('cpu_threads')} CPU threads, wall time {doc['wall_s']:.0f} s "
-                      f"(per stage: {', '.join(f'{k} {v[0]:.0f} s' for k, v in doc['stage_wall_s'].items())})"]
+        lines += ["", f"- {doc['config']}: seeds {doc['seeds']}, {m.get('gpu') or m.get('device')}, torch "
+                      f"{m.get('torch')}, {m.get('cpu_threads')} CPU threads, wall time {doc['wall_s']:.0f} s; "
+                      + provenance_line(doc)]
     notes = res / "compare_cifar10_notes.md"  # the reading of the table, written by whoever ran it
     if notes.exists():
         lines += ["", notes.read_text().strip()]

@@ -69,6 +69,24 @@ def test_aggregate_mean_and_std():
     assert "head acc" not in agg and agg["NCM acc"]["std"] == 0.0
 
 
+def test_a_model_the_same_on_every_seed_shows_no_spread_and_the_table_says_how_it_was_made(tmp_path):
+    from flowkd.compare import render
+
+    def res(v, w):
+        row = lambda x: {"label": "x", "params": 3, "cosine": {"map": x, "legacy": {"map": x - 1}},  # noqa: E731
+                         "euclidean": {"map": x - 2}, "ncm_acc": 50.0}
+        return {"models": {"aux": row(v), "student": row(w)}}
+    doc = {"title": "t", "config": "configs/c.toml", "overrides": ["mode=paper"], "mode": "paper", "seeds": [0, 1, 2],
+           "machine": {"device": "cpu"}, "wall_s": 9.0, "stage_wall_s": {"a": [5.0, 6.0, 7.0], "b": [5.0, 6.0, 7.0]},
+           "models": aggregate([res(60.0, 50.0), res(60.0, 50.4), res(60.0000001, 50.9)])}
+    table = render(doc, tmp_path / "compare_t")
+    aux, student = (next(line for line in table.splitlines() if line.startswith(f"| x | 3 | {v}")) for v in ("60.00", "50.43"))
+    assert "60.00 ¹" in aux and "±" not in aux and "50.43 ± 0.45" in student and "\n¹ the same values" in table
+    assert "NCM acc" in table and "50.00 ± 0.00" in student  # one equal column alone is not "one model"
+    assert "mode: paper" in table and "seed 0: 5 s, seed 1: 6 s, seed 2: 7 s" in table
+    assert (tmp_path / "compare_t.md").read_text() == table and (tmp_path / "compare_t.png").is_file()
+
+
 def test_compare_cli_runs_every_method_over_seeds(tmp_path, capsys):
     cfg = tmp_path / "compare_tiny.toml"
     cfg.write_text(CONFIG)

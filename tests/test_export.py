@@ -227,6 +227,10 @@ def test_check_catches_a_wrong_file_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(FlowKDError, match="max abs difference .* exceeds the tolerance"):
         export(model, images[:2], tmp_path / "m.onnx", normalize=(train.mean, train.std), check=(test, train), **QUIET)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FlowKDError, match="max abs difference"):  # the folders it made go too
+        export(model, images[:2], tmp_path / "a" / "b" / "m.onnx", normalize=(train.mean, train.std),
+               check=(test, train), **QUIET)
+    assert list(tmp_path.iterdir()) == []
 
     def shuffled(path, fmt=None, **kw):  # outputs within any tolerance but in the wrong order: mAP changes
         run = real(path, fmt, **kw)
@@ -300,9 +304,12 @@ def test_run_without_the_model_lists_its_models(run_dir, tmp_path, capsys):
 
 
 def test_missing_and_read_only_output_folders(run_dir, tmp_path, capsys):
-    code, _, err = run_cli(["export", str(run_dir), "--model", "student", "--out", str(tmp_path / "nope" / "s.onnx")], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
-    assert not (tmp_path / "nope").exists()
+    out = tmp_path / "new" / "deeper" / "s.pt"  # a missing folder is created, as for every command's output
+    code, printed, _ = run_cli(["export", str(run_dir), "--model", "student", "--out", str(out)], capsys)
+    assert code == 0 and out.is_file() and f"and {out}.json" in printed  # the .json named with its folder
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(["export", str(run_dir), "--model", "student", "--out", str(tmp_path / "file" / "sub" / "s.pt")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot create the output folder" in err
     if sys.platform.startswith("linux"):  # /proc takes no new files, even for root
         code, _, err = run_cli(["export", str(run_dir), "--model", "student", "--out", "/proc/flowkd-s.onnx"], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write in /proc" in err

@@ -61,10 +61,12 @@ def test_fast_student_step_matches_plain(amp, channels_last, inference_teacher, 
 def test_pipeline_fast_options_train_to_similar_results(tmp_path, capsys):
     sets = ["stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
             "stages.student.epochs=[2, 1]", "stages.student_labels.epochs=[2, 1]", "stages.student_pkt.epochs=[2, 1]",
-            "eval.models=['student', 'student_labels']"]
+            "eval.models=['student', 'student_labels']", "eval.cost=none"]
     maps = {}
     cfg = resources.files("flowkd").joinpath("configs/digits_demo.toml")
-    for name, extra in [("plain", ["fast.inference_teacher=false", "fast.channels_last=false"]),
+    plain = ["fast.inference_teacher=false", "fast.channels_last=false"]
+    for name, extra in [("plain", plain), ("plain_seed1", [*plain, "seed=1"]),
+                        ("channels_last", ["fast.inference_teacher=true", "fast.channels_last=true"]),
                         ("fast", ["fast.amp=bf16", "fast.channels_last=true"])]:
         args = ["run", str(cfg), "--out", str(tmp_path / name), "--no-progress"]
         for s in sets + extra:
@@ -73,7 +75,10 @@ def test_pipeline_fast_options_train_to_similar_results(tmp_path, capsys):
         res = json.loads((tmp_path / name / "results.json").read_text())
         maps[name] = {k: v["cosine"]["map"] for k, v in res["models"].items()}
     for k in maps["plain"]:
-        assert maps["fast"][k] == pytest.approx(maps["plain"][k], abs=6.0)
+        # the same maths in another memory order (and a teacher under inference mode): the same result
+        assert maps["channels_last"][k] == pytest.approx(maps["plain"][k], abs=0.1)
+        # bf16 networks move the result less than another seed does (measured: 1.3-1.4 points against 3.5-4.7)
+        assert abs(maps["fast"][k] - maps["plain"][k]) < abs(maps["plain_seed1"][k] - maps["plain"][k])
 
 
 @pytest.mark.slow

@@ -175,3 +175,28 @@ def test_init_by_dataset_name_and_bad_data(tmp_path, capsys):
     assert "no " + str(tmp_path / "flat" / "train") + " folder" in capsys.readouterr().err
     assert init("--data", "imagenet", "--teacher", "tiny", "--student", "verytiny", "--out", tmp_path / "f.toml") == 2
     assert "neither a folder nor a known dataset" in capsys.readouterr().err
+
+
+def test_init_quick_trial_quoting_and_the_teacher_pairing(tmp_path, capsys, monkeypatch, one_thread):
+    """--epochs N (a quick trial) skips latency timing; the suggested command survives spaces in paths; the
+    commented "straight from the teacher" pairing runs when uncommented, even for a teacher with few taps."""
+    monkeypatch.chdir(tmp_path)
+    cfg_path = Path("my configs") / "a b.toml"
+    assert init("--data", "digits", "--teacher", "mlp", "--student", "digits_cnn", "--out", cfg_path,
+                "--epochs", "1") == 0
+    printed = capsys.readouterr().out
+    assert "flowkd run 'my configs/a b.toml' --out 'runs/a b'" in printed
+    text = cfg_path.read_text()
+    assert "# Written by `flowkd init --data digits --teacher mlp --student digits_cnn --epochs 1`." in text
+    assert re.search(r'^cost = "static"', text, re.M)
+    direct = re.search(r"^# (pairs = \[.*\])$", text, re.M).group(1)
+    student = re.search(r'(name = "student"\n.*?)\n\n', text, re.S).group(1)
+    changed = student.replace('teacher = "aux"', 'teacher = "teacher"')
+    changed = re.sub(r"^pairs = .*$", lambda m: direct, changed, count=1, flags=re.M)
+    assert changed != student
+    alt = tmp_path / "direct.toml"
+    alt.write_text(text.replace(student, changed))
+    tmap = [p[0] for p in load_config(alt).stages[2].pairs]
+    assert len(tmap) == len(set(tmap))  # no teacher tap twice
+    res = run(alt, tmp_path / "run")
+    assert "macs" in res["models"]["student"]["cost"] and "latency_ms" not in res["models"]["student"]["cost"]

@@ -7,6 +7,7 @@ library; splitting it would scatter the help texts a user reads together.)
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -27,6 +28,8 @@ def _run(args) -> int:
         cfg.device = args.device
     if args.no_progress:
         cfg.progress = False
+    if args.tensorboard:
+        cfg.tensorboard = True
     res = Pipeline(cfg, args.out, resume=args.resume).run()
     if res:  # rank 0 (the only rank when not distributed)
         print(results_table(res))
@@ -65,10 +68,11 @@ def _demo(args) -> int:
     text = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
     cfg = config_from_toml(text, [f"seed={args.seed}", f"device={args.device}", *args.set], "demo config")
     cfg.progress = not args.no_progress
+    cfg.tensorboard = cfg.tensorboard or args.tensorboard
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0
-    print(f"\nflowkd demo — {cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
+    print(f"\n{cfg.title}  (seed {cfg.seed}, {res['data']['train']} train / {res['data']['test']} test images)")
     from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
     with_cost = any(res["models"][key].get("cost") for key, _ in DEMO_ROWS)
@@ -97,7 +101,12 @@ def _eval(args) -> int:
     from .models import create_model
     from .pipeline import load_data, pick_device
 
-    cfg = Config(data=DataConfig(name=args.data, root=args.root or "", cache_dir=args.cache_dir,
+    from .data.readers import dataset_names
+
+    name, root = args.data, args.root or ""
+    if not root and name != "digits" and name not in dataset_names() and Path(name).is_dir():
+        name, root = "imagefolder", name  # an image folder, as `flowkd init --data` takes it
+    cfg = Config(data=DataConfig(name=name, root=root, cache_dir=args.cache_dir,
                                  eval_batch_size=args.batch_size),
                  device=args.device or "auto")
     train_set, test_set = load_data(cfg)
@@ -133,6 +142,8 @@ def _compare(args) -> int:
     from .compare import compare
 
     out = args.out or tempfile.mkdtemp(prefix="flowkd-compare-")
+    if not args.out:
+        print(f"the runs go to {out} (a temp folder, kept: remove it when done; --out DIR puts them elsewhere)")
     sets = list(args.set) + (["progress=false"] if args.no_progress else [])
     doc = compare(args.config, args.seeds, out, overrides=sets, results_dir=args.results_dir, name=args.name,
                   log=(lambda *a: None) if args.quiet else print, reuse=args.reuse)
@@ -237,7 +248,8 @@ def _init(args) -> int:
 
     write_config(args.out, data=args.data, teacher=args.teacher, student=args.student, root=args.root,
                  epochs=args.epochs)
-    print(f"wrote {args.out}; run it with: flowkd run {args.out} --out runs/{Path(args.out).stem}")
+    run = shlex.join(["flowkd", "run", args.out, "--out", f"runs/{Path(args.out).stem}"])
+    print(f"wrote {args.out}; run it with: {run}")
     return 0
 
 
@@ -253,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:1)")
     r.add_argument("--resume", action="store_true", help="continue a run from its last completed stage")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write the metrics to DIR/tensorboard/ (the [tensorboard] extra; config key tensorboard)")
     r.set_defaults(fn=_run)
 
     b = sub.add_parser("bank", help="compute the banks of teacher views a config's stages read (models.X.views), "
@@ -263,26 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar (one line per view instead)")
     b.set_defaults(fn=_bank)
 
-    d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, < 60 s)")
+    d = sub.add_parser("demo", help="the embedded demo (8x8 digits, CPU, offline; time: results/bench_demo.md)")
     d.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisations and batch order (default 0)")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     d.add_argument("--out", default="", help="run directory (default: a new temp folder)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--quiet", action="store_true", help="print only the final table")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--tensorboard", action="store_true", help="also write the metrics to OUT/tensorboard/")
     d.set_defaults(fn=_demo)
 
     e = sub.add_parser("eval", help="retrieval mAP / P@k and accuracy of a model's representation")
     e.add_argument("--model", required=True, help="model name (see `flowkd models`; or timm:NAME, torchvision:NAME, py:MODULE:FACTORY)")
-    e.add_argument("--weights", default="")
-    e.add_argument("--width", type=float, default=1.0)
+    e.add_argument("--weights", default="", help="a state_dict file (.pt or .safetensors), e.g. a run's "
+                                                 "checkpoints/<stage>.pt (default: the model as initialised)")
+    e.add_argument("--width", type=float, default=1.0, help="the model's channel / unit multiplier (default 1)")
     e.add_argument("--tap", default="", help="representation tap (default: the model's own)")
-    e.add_argument("--data", default="digits")
-    e.add_argument("--root", default="")
+    e.add_argument("--data", default="digits", help="an image folder (FOLDER/{train,test}/<class>/*.png|jpg) or a "
+                                                   "dataset name: digits (default), cifar10, cifar100, stl10, "
+                                                   "cifar10_jpg, imagefolder")
+    e.add_argument("--root", default="", help="the dataset's folder, for a dataset name other than digits")
     e.add_argument("--cache-dir", default="", help="decoded-image cache for image folders")
     e.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda when available)")
-    e.add_argument("--batch-size", type=int, default=1024)
-    e.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    e.add_argument("--batch-size", type=int, default=1024, help="feature-extraction batch (default 1024)")
+    e.add_argument("--k", type=int, nargs="+", default=[10, 100], help="precision at these ranks (default 10 100)")
     e.add_argument("--json", default="", help="also write the full results here")
     e.set_defaults(fn=_eval)
 

@@ -15,7 +15,7 @@ from .io import atomic_write_json, atomic_write_text
 from .pipeline import Pipeline
 from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
-__all__ = ["compare", "aggregate", "compare_table"]
+__all__ = ["compare", "aggregate", "compare_table", "render", "same_everywhere", "provenance_line"]
 
 COLUMNS = [("cos mAP", ("cosine", "map")), ("euc mAP", ("euclidean", "map")),
            ("cos P@10", ("cosine", "precision_at", 10)), ("cos P@100", ("cosine", "precision_at", 100)),
@@ -52,17 +52,54 @@ def aggregate(per_seed: list[dict]) -> dict:
     return out
 
 
-def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float) -> str:
+def same_everywhere(cell: dict) -> bool:
+    """The same value on every seed (of several, to 0.001 points: float sums over other thread counts differ in
+    the last digits): one model evaluated once per seed, e.g. one loaded from a file that no stage of the run
+    trains; its spread says nothing. (Students trained from different seeds differ by tenths of a point.)"""
+    vals = cell["values"]
+    return len(vals) > 1 and max(vals) - min(vals) < 1e-3
+
+
+def provenance_line(doc: dict) -> str:
+    """How the runs were made: config, overrides, mode, and the training time per seed."""
+    line = f"config `{doc['config']}`" + (f", overrides `{' '.join(doc['overrides'])}`" if doc.get("overrides") else "")
+    if doc.get("mode"):
+        line += f"; mode: {doc['mode']}"
+    walls = doc.get("stage_wall_s") or {}
+    if walls:  # a cohort's stages share one wall time: each distinct time once
+        per_seed = [sorted({round(v[i]) for v in walls.values() if i < len(v)}) for i in range(len(doc["seeds"]))]
+        line += ("; training wall time per seed (stage by stage, or one figure for a cohort): "
+                 + ", ".join(f"seed {s}: " + " + ".join(f"{w:,} s" for w in ws) for s, ws in zip(doc["seeds"], per_seed))
+                 + " (a run continued with --resume counts its last part only)")
+    return line
+
+
+def render(doc: dict, path: Path | None = None) -> str:
+    """The table of a comparison's JSON document (as ``compare`` writes it); with ``path`` (``.../compare_<name>``
+    without suffix) it is written to ``path.md`` with the chart ``path.png``. Re-renders committed results."""
+    table = compare_table(doc["models"], doc["title"], doc["seeds"], doc["machine"], doc["wall_s"],
+                          provenance=provenance_line(doc) if "config" in doc else "")
+    if path is not None:
+        atomic_write_text(path.with_suffix(".md"), table)
+        doc["plot"] = str(path.with_suffix(".png")) if _plot(doc["models"], doc["title"], path.with_suffix(".png")) else None
+    return table
+
+
+def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float, provenance: str = "") -> str:
     cols = [c for c, _ in COLUMNS if any(c in r for r in agg.values())]
     with_cost = any(r.get("cost") for r in agg.values())
     with_paper = any(r.get("paper") for r in agg.values())
     head = cols + (["paper (legacy) cos / euc / P@100"] if with_paper else []) + (cost_header() if with_cost else [])
     lines = [f"# {title}", "", f"seeds: {list(seeds)}; machine: {machine.get('gpu') or machine.get('device')}, "
-             f"torch {machine.get('torch')}, {machine.get('cpu_threads')} CPU threads; total wall time {wall:.0f} s",
+             f"torch {machine.get('torch')}, {machine.get('cpu_threads')} CPU threads; total wall time {wall:.0f} s"
+             + (f"; {provenance}" if provenance else ""),
              "", "| model | params | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
+    same = False
     for name, r in agg.items():
+        one = all(same_everywhere(r[c]) for c in cols if c in r)  # every figure: one model (two accuracies on
+        same = same or one                                           # a small test set may match by chance)
         cells = [("—" if c not in r else f"{r[c]['mean']:.2f}" if len(r[c]["values"]) == 1
-                  else f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}") for c in cols]
+                  else f"{r[c]['mean']:.2f} ¹" if one else f"{r[c]['mean']:.2f} ± {r[c]['std']:.2f}") for c in cols]
         if with_paper:
             p = r.get("paper") or {}
             cells.append(" / ".join(f"{p[k]:.2f}" if k in p else "—" for k, _ in PAPER) if p else "—")
@@ -71,6 +108,9 @@ def compare_table(agg: dict, title: str, seeds, machine: dict, wall: float) -> s
     lines += ["", "mAP / P@k in %, last epoch of every stage (no best-epoch picking); mean ± sample std over seeds. "
               "`legacy` = the reference evaluator's values (flowkd.retrieval, legacy=True): the paper's figures are "
               "those, so compare the paper column with the legacy columns only."]
+    if same:
+        lines += ["", "¹ the same values on every seed (to 0.001): one model (no stage of the run trains it, e.g. one loaded from a "
+                      "file) evaluated once per seed, so it has no spread over seeds."]
     if with_cost:
         lines += ["", COST_NOTE + " Cost of the first seed's models."]
         means = {"models": {n: {"label": r["label"], "cost": r.get("cost"),
@@ -87,17 +127,27 @@ def _plot(agg: dict, title: str, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    names = [n for n in agg if "cos mAP" in agg[n]]
-    means = [agg[n]["cos mAP"]["mean"] for n in names]
-    stds = [agg[n]["cos mAP"]["std"] for n in names]
+    col = "legacy cos mAP" if any("legacy cos mAP" in r for r in agg.values()) else "cos mAP"
+    names = [n for n in agg if col in agg[n]]
+    means = [agg[n][col]["mean"] for n in names]
+    stds = [agg[n][col]["std"] for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
     ax.barh(range(len(names)), means, xerr=stds, color="#4c72b0", capsize=3)
     ax.set_yticks(range(len(names)), [agg[n]["label"] for n in names], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("cosine retrieval mAP (%)")
+    paper = [(i, (agg[n].get("paper") or {}).get("cos_map")) for i, n in enumerate(names)]
+    paper = [(i, v) for i, v in paper if v is not None]
+    if paper and col.startswith("legacy"):  # the paper's figures are the reference evaluator's: legacy values
+        ax.scatter([v for _, v in paper], [i for i, _ in paper], marker="D", color="#c44e52", zorder=3,
+                   label="the paper's figure")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_xlabel(("legacy cosine retrieval mAP (%): the reference evaluator's, as the paper counts"
+                   if col.startswith("legacy") else "cosine retrieval mAP (%): standard 11-point interpolated")
+                  + "\nmean ± std over seeds", fontsize=8)
     ax.set_title(textwrap.fill(title, 80), fontsize=9)
+    marks = dict(paper) if paper and col.startswith("legacy") else {}
     for i, (m, sd) in enumerate(zip(means, stds)):
-        ax.text(m + sd + 1.0, i, f"{m:.1f}", va="center", fontsize=7)
+        ax.text(max(m + sd, marks.get(i, 0.0)) + 1.5, i, f"{m:.1f}", va="center", fontsize=7)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -135,11 +185,9 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
     name = name or Path(config).stem.removeprefix("compare_")
     res = Path(results_dir)
     doc = {"title": title, "config": str(config), "overrides": list(overrides), "seeds": list(seeds),
+           "mode": load_config(config, list(overrides)).mode,
            "machine": per_seed[0]["machine"], "wall_s": round(wall, 1), "models": agg,
            "stage_wall_s": {k: [r["stages"][k]["wall_s"] for r in per_seed] for k in per_seed[0]["stages"]}}
     atomic_write_json(res / f"compare_{name}.json", doc)
-    table = compare_table(agg, title, seeds, per_seed[0]["machine"], wall)
-    atomic_write_text(res / f"compare_{name}.md", table)
-    doc["plot"] = str(res / f"compare_{name}.png") if _plot(agg, title, res / f"compare_{name}.png") else None
-    doc["table"] = table
+    doc["table"] = render(doc, res / f"compare_{name}")
     return doc

@@ -137,7 +137,8 @@ class Config:
     weights_format: str = "pt"      # pt | safetensors: the format of checkpoints/<stage>.* (safetensors: optional extra)
     mode: str = "default"           # default | paper: the reference code's optimiser restarts and plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
-    progress: bool = True           # progress bars
+    progress: bool = True           # progress bars (on a terminal; otherwise one line per epoch)
+    tensorboard: bool = False       # also write metrics.jsonl's records to <run>/tensorboard/ (optional extra)
     cohort: bool = True             # consecutive stages that read the same data train in one pass (flowkd.cohort)
     title: str = ""
     data: DataConfig = field(default_factory=DataConfig)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FlowKDError
+from .errors import FlowKDError, first_line
 from .onnx_io import ImageEncoder, _temp_in, _trace, _write_onnx, onnx_modules
 from .taps import default_representation, parse_tap
 
@@ -221,8 +221,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise FlowKDError(f"{path} is a directory: give a file name")
-    if not folder.is_dir():
-        raise FlowKDError(f"output folder {folder} does not exist")
+    made = _first_missing(folder)  # like every flowkd command's output, a missing folder is created ...
     if fmt == "onnx":
         onnx_modules()  # fail on a missing extra before any work
     example = torch.as_tensor(example).cpu()
@@ -256,6 +255,11 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
                 for t in [*m.parameters(), *m.buffers()]:
                     t.fill_(float("nan") if t.is_floating_point() else 0)
             return m
+    if made is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FlowKDError(f"cannot create the output folder {folder}: {e.strerror or first_line(e)}") from None
     tmp = _temp_in(folder, path.name)
     side = side_tmp = None
     try:
@@ -286,8 +290,24 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
             if t:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(t)
+        if made is not None:  # ... and removed again when the export fails
+            for d in [folder, *folder.parents]:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                if d == made:
+                    break
         raise
     finally:
         encoder.remove()
-    log(f"wrote {path} ({fmt}, {path.stat().st_size / 1024:.1f} KiB) and {side.name}")
+    log(f"wrote {path} ({fmt}, {path.stat().st_size / 1024:.1f} KiB) and {side}")
     return {"path": str(path), "metadata_path": str(side), "bytes": path.stat().st_size, **meta}
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost missing folder on the way to ``folder`` (None if it exists)."""
+    made = None
+    for d in [folder, *folder.parents]:
+        if d.exists():
+            break
+        made = d
+    return made

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -90,14 +91,25 @@ def check_anneal_average(anneal, average, epochs: Sequence[int], where: str) -> 
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True):
-    """tqdm when installed and wanted, else the plain iterable."""
+    """A tqdm bar when wanted, installed and the output is a terminal; when wanted but the output is not a
+    terminal (a log file: bars there become one line of tens of KB), one line when the loop is done."""
     if not enabled:
         return iterable
+    if not sys.stderr.isatty():
+        return _one_line(iterable, desc)
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return iterable
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def _one_line(iterable: Iterable, desc: str):
+    t0, n = time.perf_counter(), 0
+    for item in iterable:
+        yield item
+        n += 1
+    print(f"{desc}: {n} batches in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
 
 def _optimizer(name: str, params, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:

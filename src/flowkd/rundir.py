@@ -3,6 +3,7 @@
     config.json         the config the run started with (``--resume`` refuses another one)
     metrics.jsonl       one line per epoch per stage
     flow.jsonl          per-epoch information-flow analysis (``analysis.flow_log``)
+    tensorboard/        the metrics.jsonl records as TensorBoard scalars (``tensorboard = true``, flowkd.board)
     checkpoints/<stage>.pt|.safetensors   the trained model's weights after each stage
     checkpoints/<stage>.partial.pt        the stage's full state after each epoch (removed when it completes)
     state.json          the stages completed (their records), for ``--resume``
@@ -38,7 +39,7 @@ def is_run(path: Path) -> bool:
         return False
     return isinstance(config, dict) and {"data", "models", "stages"} <= set(config)
 
-DISPLAY_KEYS = ("progress",)  # how a run shows itself, not what it computes: free to change on --resume
+DISPLAY_KEYS = ("progress", "tensorboard")  # how a run shows itself, not what it computes: free to change on --resume
 
 
 def _compared(config: dict | None) -> dict | None:
@@ -53,6 +54,7 @@ class RunDir:
     def __init__(self, path, config: dict, *, resume: bool = False, weights_format: str = "pt", writer: bool = True):
         self.path, self.config, self.resume, self.format, self.writer = Path(path), config, resume, weights_format, writer
         self.state: dict = {"completed": {}}
+        self.board = None  # a BoardWriter once open() has made the folder, when the config asks for TensorBoard
 
     # ---- opening ------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -66,6 +68,9 @@ class RunDir:
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise FlowKDError(f"cannot create the run folder {path}: {ancestor} is a file")
+        if self.config.get("tensorboard") and self.writer:
+            from .board import require
+            require()
         if not os.access(ancestor, os.W_OK | os.X_OK):
             raise FlowKDError(f"cannot create the run folder {path}: {ancestor} is not writable")
         entries = sorted(e.name for e in path.iterdir()) if path.is_dir() else []
@@ -88,6 +93,9 @@ class RunDir:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(self.path / "config.json", self.config)
+                if self.config.get("tensorboard"):
+                    from .board import BoardWriter
+                    self.board = BoardWriter(self.path / "tensorboard")
             except OSError as e:
                 raise FlowKDError(f"cannot write the run folder {self.path}: {e.strerror or first_line(e)}") from None
         barrier()
@@ -143,6 +151,8 @@ class RunDir:
     def log_metrics(self, record: dict) -> None:
         if self.writer:
             append_jsonl(self.path / "metrics.jsonl", record)
+            if self.board is not None:
+                self.board.write(record)
 
     def log_flow(self, record: dict) -> None:
         if self.writer:
@@ -152,3 +162,5 @@ class RunDir:
         if self.writer:
             atomic_write_json(self.path / "results.json", results)
             atomic_write_text(self.path / "results.md", table)
+            if self.board is not None:
+                self.board.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +242,12 @@ def pair_by_depth(teacher: ModelInfo, student: ModelInfo) -> list[list[str]]:
         j = min(cands, key=lambda i: (abs(td[t_mid[i]] - sd[s]), i)) if cands else len(t_mid) - 1
         pairs.append([t_mid[j], s])
         lo = j
+    # a teacher tap nearest to several student taps goes with the nearest of them only (no tap twice)
+    best: dict[str, str] = {}
+    for t, s in pairs:
+        if t not in best or abs(td[t] - sd[s]) < abs(td[t] - sd[best[t]]):
+            best[t] = s
+    pairs = [[t, s] for t, s in pairs if best[t] == s]
     return pairs + [[teacher.representation, student.representation]]
 
 
@@ -371,7 +378,10 @@ def render_config(data: DataInfo, teacher: ModelInfo, student: ModelInfo, aux: M
           "[[stages]]                       # baseline: the student from labels, same budget",
           'name = "baseline"', 'kind = "supervised"', 'model = "baseline"', _phases(([50], [1e-3]), epochs), "",
           "# On a GPU: [fast] amp = \"bf16\", channels_last = true, cuda_graph = true (see the README's fast path).",
-          "[eval]", 'models = ["teacher", "aux", "student", "baseline"]', 'cost = "full"  # parameters, MACs, size, 1-thread CPU latency (PyTorch; ONNX Runtime when installed)', ""]
+          "[eval]", 'models = ["teacher", "aux", "student", "baseline"]',
+          ('cost = "static"  # a quick trial: parameters, MACs, size; "full" adds 1-thread CPU latency (slow on a '
+           'big teacher)' if epochs else
+           'cost = "full"  # parameters, MACs, size, 1-thread CPU latency (PyTorch; ONNX Runtime when installed)'), ""]
     return "\n".join(L)
 
 
@@ -405,7 +415,8 @@ def write_config(out, *, data: str, teacher: str, student: str, root: str = "dat
                        "`width` argument or set models.aux.arch to a bigger network")
     if aux_of:  # the same family: the student's own taps (a wider map may have been pooled differently)
         a.taps = list(s.taps)
-    src = f"--data {data} --teacher {teacher} --student {student}" + (f" --epochs {epochs}" if epochs else "")
+    src = shlex.join(["--data", data, "--teacher", teacher, "--student", student]
+                     + (["--epochs", str(epochs)] if epochs else []))
     text = render_config(info, t, s, a, aux_of, epochs, src)
     config_from_toml(text, [], str(out))  # what is written parses and validates
     out.parent.mkdir(parents=True, exist_ok=True)

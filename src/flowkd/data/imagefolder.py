@@ -41,7 +41,10 @@ def _one_line(exc: BaseException) -> str:
 def _existing_dir(root) -> Path:
     root = Path(root)
     if not root.exists():
-        raise FlowKDError(f"data path not found: {root}")
+        where = "" if root.is_absolute() else (f" (resolved to {root.resolve()}: a relative data.root is read from "
+                                               "the working folder, not the config's; run from there or give an "
+                                               "absolute path)")
+        raise FlowKDError(f"data path not found: {root}{where}")
     if not root.is_dir():
         raise FlowKDError(f"data path is not a directory: {root}")
     return root

@@ -250,5 +250,5 @@ def load_dataset(name: str, root, **options) -> tuple[ArrayDataset, ArrayDataset
     loader = _DATASETS.get(name)
     root = Path(root)
     if not root.exists():
-        raise FlowKDError(f"data path not found: {root}")
+        _existing_dir(root)  # the one "not found" message
     return loader(root, **options)
