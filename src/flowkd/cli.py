@@ -7,6 +7,7 @@ library; splitting it would scatter the help texts a user reads together.)
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import tempfile
 import time
@@ -79,13 +80,15 @@ def _demo(args) -> int:
 def _eval(args) -> int:
     from .config import DataConfig, Config
     from .evaluation import evaluate_representation
-    from .io import atomic_write_json, load_into
+    from .io import atomic_write_json, check_output, load_into
     from .models import create_model
     from .pipeline import load_data, pick_device
 
     cfg = Config(data=DataConfig(name=args.data, root=args.root or "", cache_dir=args.cache_dir,
                                  eval_batch_size=args.batch_size),
                  device=args.device or "auto")
+    if args.json:
+        check_output(args.json, "--json", force=args.force)
     train_set, test_set = load_data(cfg)
     dev = pick_device(cfg.device)
     c, h, _ = train_set.shape
@@ -111,7 +114,7 @@ def _eval(args) -> int:
                                              "  (no head acc: the checkpoint's classifier was never trained)" if not head else "")
           + f"  ({res['wall_s']:.1f} s on {dev})")
     if args.json:
-        atomic_write_json(args.json, res)
+        atomic_write_json(args.json, res)  # checked before the evaluation
     return 0
 
 
@@ -121,7 +124,7 @@ def _compare(args) -> int:
     out = args.out or tempfile.mkdtemp(prefix="flowkd-compare-")
     sets = list(args.set) + (["progress=false"] if args.no_progress else [])
     doc = compare(args.config, args.seeds, out, overrides=sets, results_dir=args.results_dir, name=args.name,
-                  log=(lambda *a: None) if args.quiet else print, reuse=args.reuse)
+                  log=(lambda *a: None) if args.quiet else print, reuse=args.reuse, force=args.force)
     print(doc["table"])
     print(f"wrote {args.results_dir}/compare_{args.name or Path(args.config).stem.removeprefix('compare_')}.json|md"
           + (" and the bar chart" if doc["plot"] else " (no bar chart: pip install matplotlib)") + f"; runs in {out}")
@@ -144,7 +147,7 @@ def _features(args) -> int:
     if args.device:
         cfg.device = args.device
     t0 = time.perf_counter()
-    bank = export_features(cfg, args.model, args.taps, args.out)
+    bank = export_features(cfg, args.model, args.taps, args.out, force=args.force)
     print(f"wrote {args.out}: {len(bank)} rows; " + ", ".join(f"{k} {tuple(v)}" for k, v in bank.shapes().items())
           + f" (+ labels) in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -192,7 +195,7 @@ def _export(args) -> int:
     fmt = args.format
     export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
                      tap=args.tap or None, input_dtype=args.input, queries=args.queries, database=args.database,
-                     atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration)
+                     atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration, force=args.force)
     return 0
 
 
@@ -222,10 +225,14 @@ def _init(args) -> int:
     from .scaffold import write_config
 
     write_config(args.out, data=args.data, teacher=args.teacher, student=args.student, root=args.root,
-                 epochs=args.epochs)
+                 epochs=args.epochs, force=args.force)
     print(f"wrote {args.out}; run it with: flowkd run {args.out} --out runs/{Path(args.out).stem}")
     return 0
 
+
+
+WHERE_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACCES, errno.EPERM, errno.EROFS)
+FORCE = "replace the output file if it exists (flowkd never writes over an existing file without it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=1024)
     e.add_argument("--k", type=int, nargs="+", default=[10, 100])
     e.add_argument("--json", default="", help="also write the full results here")
+    e.add_argument("--force", action="store_true", help=FORCE)
     e.set_defaults(fn=_eval)
 
     c = sub.add_parser("compare", help="train every method of a comparison config over seeds; one table")
@@ -274,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--reuse", action="store_true", help="with --out: read the seeds already finished there, resume the others")
+    c.add_argument("--force", action="store_true", help="replace results files of that name that are not a comparison's")
     c.set_defaults(fn=_compare)
 
     fl = sub.add_parser("flow", help="plot a run's flow.jsonl (per-layer MI over epochs) and an HTML report")
@@ -287,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, help="a .npz or .safetensors file")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ft.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:N)")
+    ft.add_argument("--force", action="store_true", help=FORCE)
     ft.set_defaults(fn=_features)
 
     lay = sub.add_parser("layers", help="list a model's tap names and output shapes (or a features file's arrays)")
@@ -317,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "py:MODULE:FACTORY, fn:MODULE:FUNCTION; @WEIGHTS = its trained "
                                                       "state_dict (without it a stage trains the teacher first)")
     it.add_argument("--student", required=True, help="ARCH (as for --teacher): the network to distil into")
-    it.add_argument("--out", required=True, help="the config file to write (never overwritten)")
+    it.add_argument("--out", required=True, help="the config file to write (an existing one only with --force)")
+    it.add_argument("--force", action="store_true", help=FORCE)
     it.add_argument("--root", default="data", help="data.root for a dataset name (default: data)")
-    it.add_argument("--epochs", type=int, default=0, help="every stage one phase of this many epochs "
+    it.add_argument("--epochs", type=int, default=None, help="every stage one phase of this many epochs "
                                                           "(default: the paper's schedule)")
     it.set_defaults(fn=_init)
 
@@ -340,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--int8", action="store_true", help="ONNX only: also write an int8 model (static quantisation, "
                                                         "calibrated on training images) next to it")
     ex.add_argument("--calibration", type=int, default=512, help="training images used to calibrate --int8")
+    ex.add_argument("--force", action="store_true", help=FORCE)
     ex.set_defaults(fn=_export)
 
     m = sub.add_parser("models", help="list the registered models")
@@ -356,6 +368,14 @@ def main(argv=None) -> int:
         return args.fn(args)
     except FlowKDError as e:
         print(f"flowkd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine's, not the code's: a full disk, a permission, a path that vanished
+        if e.filename is None and e.errno not in WHERE_ERRNOS:
+            raise
+        from .io import write_error
+
+        print(f"flowkd: error: {write_error(e, e.filename or 'a file') if e.errno in WHERE_ERRNOS else e}",
+              file=sys.stderr)
         return 2
     except MemoryError as e:
         print(f"flowkd: error: out of memory ({first_line(e, 200)}); lower data.batch_size / data.eval_batch_size "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from .checks import Range, check_anneal_average, check_plan, check_restart
 from .errors import FlowKDError
 
 if sys.version_info >= (3, 11):
@@ -292,8 +293,6 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: unknown model {s.model!r}; models: {', '.join(cfg.models)}")
         if s.kind == "distill" and s.teacher not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
-        from .loop import check_plan
-
         check_plan(s.epochs, s.lr, f"stage {s.name!r}")
         _validate_stage_options(s)
         if any(len(p) != 2 for p in s.pairs):
@@ -340,7 +339,6 @@ def _validate(cfg: Config) -> None:
 def _validate_stage_options(s: StageConfig) -> None:
     """Schedules and pair losses take the options their registered class takes, no other."""
     from .losses.baselines import PAIR_LOSSES
-    from .loop import check_anneal_average, check_restart
     from .schedules import SCHEDULES
 
     where = f"stage {s.name!r}"

@@ -1,7 +1,12 @@
-"""Files that are either whole or absent: every write goes to a temp file, then is renamed into place."""
+"""Files that are either whole or absent: every write goes to a temp file, then is renamed into place.
+
+And the one rule for what a command may write over (``check_output``): a file that does not exist yet, a file
+flowkd made for that same purpose (``ours``), or anything when the user says so (``--force``). Nothing else.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -12,8 +17,8 @@ import torch
 
 from .errors import FlowKDError, first_line
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "append_jsonl", "load_weights",
-           "save_weights", "load_into", "atomic_write_bytes", "safetensors_torch"]
+__all__ = ["check_output", "check_folder", "write_error", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
+           "append_jsonl", "load_weights", "save_weights", "load_into", "atomic_write_bytes", "safetensors_torch"]
 
 
 def _umask() -> int:
@@ -22,22 +27,77 @@ def _umask() -> int:
     return mask
 
 
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_error(e: OSError, path) -> FlowKDError:
+    """One line for an ``OSError`` met while writing ``path``: the cause in words and what to do."""
+    if e.errno in _FULL:
+        return FlowKDError(f"cannot write {path}: no space left on the device (nothing was left half-written); "
+                           "free some space or write elsewhere")
+    if e.errno in _DENIED:
+        return FlowKDError(f"cannot write {path}: permission denied (or a read-only place); choose a writable place")
+    return FlowKDError(f"cannot write {path}: {e.strerror or first_line(e)}")
+
+
+def check_folder(path, option: str) -> Path:
+    """``path`` is, or can be made as, a writable folder (``option`` names where it came from, e.g. ``--out``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FlowKDError(f"{option} {path} is a file, not a folder; choose a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FlowKDError(f"cannot create {option} {path}: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FlowKDError(f"cannot write {option} {path}: {ancestor} is not writable")
+    return path
+
+
+def _run_above(path: Path) -> Path | None:
+    from .rundir import is_run
+
+    return next((d for d in path.parents if is_run(d)), None)
+
+
+def check_output(path, option: str, *, force: bool = False, ours=None) -> Path:
+    """The one rule for a file a command writes (``option`` names it for the message, e.g. ``--out``): it may
+    not exist yet; it may be a file flowkd made for this same purpose (``ours(path)`` is true); with ``force``
+    it may be anything but a folder. Checked before any work, so a refusal costs nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise FlowKDError(f"{option} {path} is a folder; give a file name")
+    check_folder(path.parent if str(path.parent) else Path("."), f"the folder of {option}")
+    if not path.exists() and not path.is_symlink() or force or (ours is not None and ours(path)):
+        return path
+    run = _run_above(path.resolve())
+    what = f", a file of the run in {run}" if run else ""
+    raise FlowKDError(f"{option} {path} already exists{what}; flowkd does not write over a file it did not make "
+                      f"for this: choose another {option}, or add --force to replace it")
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError) and e.errno in (*_FULL, *_DENIED):
+            raise write_error(e, path) from None
         raise
 
 
@@ -58,8 +118,11 @@ def atomic_torch_save(obj: Any, path) -> None:
 
 
 def append_jsonl(path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise write_error(e, path) from None
 
 
 def safetensors_torch(purpose: str):

@@ -184,6 +184,12 @@ class Pipeline:
         return trainers, errors
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.rundir.release()  # the run folder's lock (taken when it opens)
+
+    def _run(self) -> dict:
         t_start = time.perf_counter()
         if not self.cfg.models:
             raise FlowKDError("the config defines no [models.NAME]: nothing to train or evaluate "

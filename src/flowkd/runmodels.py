@@ -149,10 +149,14 @@ class RunModels:
             f"({mib:.1f} MiB on {self.device}) in {time.perf_counter() - t0:.1f}s")
 
 
-def export_features(cfg: Config, name: str, taps: list[str], path, data=None) -> FeatureBank:
+def export_features(cfg: Config, name: str, taps: list[str], path, data=None, force: bool = False) -> FeatureBank:
     """Write model ``name``'s taps on the whole training split (augmentation-free) to ``path`` (.npz or
-    .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``)."""
+    .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``). An
+    existing ``path`` is replaced only with ``force``."""
     from .features import save_features
+    from .io import check_output
+
+    check_output(path, "--out", force=force)
 
     if name not in cfg.models:
         raise FlowKDError(f"unknown model {name!r}; models: {', '.join(cfg.models)}")

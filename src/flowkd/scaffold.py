@@ -18,13 +18,13 @@ A model SPEC is ``ARCH`` or ``ARCH@WEIGHTS``: ARCH is a zoo name (``flowkd model
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checks import check_number
 from .errors import FlowKDError
 from .registry import closest
 
@@ -375,15 +375,16 @@ def render_config(data: DataInfo, teacher: ModelInfo, student: ModelInfo, aux: M
     return "\n".join(L)
 
 
-def write_config(out, *, data: str, teacher: str, student: str, root: str = "data", epochs: int = 0) -> str:
-    """Inspect ``data`` and the two networks, then write the config to ``out`` (refused if it exists)."""
+def write_config(out, *, data: str, teacher: str, student: str, root: str = "data", epochs: int | None = None,
+                 force: bool = False) -> str:
+    """Inspect ``data`` and the two networks, then write the config to ``out`` (an existing file only with
+    ``force``). ``epochs``: every stage one phase of that many epochs (None: the paper's schedule)."""
     from .config import config_from_toml
+    from .io import atomic_write_text, check_output
 
-    out = Path(out)
-    if out.exists():
-        raise FlowKDError(f"{out} already exists; choose another --out or remove it")
-    if epochs < 0:
-        raise FlowKDError(f"--epochs must be positive, got {epochs}")
+    out = check_output(out, "--out", force=force)
+    if epochs is not None:
+        check_number("--epochs", epochs, ">= 1", whole=True)
     if "@" in student:
         raise FlowKDError("--student takes no weights: the student is trained from scratch (give ARCH only)")
     t_arch, t_weights = parse_spec(teacher, "teacher")
@@ -408,11 +409,6 @@ def write_config(out, *, data: str, teacher: str, student: str, root: str = "dat
     src = f"--data {data} --teacher {teacher} --student {student}" + (f" --epochs {epochs}" if epochs else "")
     text = render_config(info, t, s, a, aux_of, epochs, src)
     config_from_toml(text, [], str(out))  # what is written parses and validates
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(out, "x", encoding="utf-8") as f:
-            f.write(text)
-    except FileExistsError:
-        raise FlowKDError(f"{out} already exists; choose another --out or remove it") from None
-    os.chmod(out, 0o644)
+    check_output(out, "--out", force=force)  # again: the inspection took a while
+    atomic_write_text(out, text)
     return text
