@@ -79,6 +79,9 @@ def _split(hint) -> tuple[Any, list[Range]]:
     if typing.get_origin(hint) is typing.Annotated:
         base, *extra = typing.get_args(hint)
         return base, [e for e in extra if isinstance(e, Range)]
+    if typing.get_origin(hint) in (Union, types.UnionType):  # Optional[Annotated[float, Range(...)]]
+        parts = [_split(a) for a in typing.get_args(hint)]
+        return Union[tuple(b for b, _ in parts)], [r for _, rs in parts for r in rs]
     return hint, []
 
 
@@ -91,7 +94,7 @@ def _kind(tp) -> str:
     if origin is list:
         return f"a list of {_kind(typing.get_args(tp)[0]).removeprefix('a ')}s"
     return {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-            type(None): "unset"}.get(tp, getattr(tp, "__name__", str(tp)))
+            type(None): "unset (None)"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _fits(value, tp) -> bool:
@@ -115,17 +118,27 @@ def _fits(value, tp) -> bool:
     return isinstance(value, tp) if isinstance(tp, type) else True
 
 
+def _describe(tp, ranges: list[Range]) -> str:
+    """``a number >= 0``, ``a whole number >= 1 or 'auto'``, ``a list of whole numbers, each >= 1``."""
+    rs = "".join(f" {r}" for r in ranges)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        num = [a for a in args if a in (int, float)]
+        rest = [_kind(a) for a in args if a not in num]
+        return " or ".join([_kind(a) + rs for a in num] + rest)
+    if typing.get_origin(tp) is list and ranges:
+        return f"{_kind(tp)}, each{rs}"
+    return _kind(tp) + rs
+
+
 def check_value(key: str, value, hint) -> None:
     """``value`` has the type ``hint`` declares, and every number in it (a list's entries too) its range."""
     tp, ranges = _split(hint)
-    if not _fits(value, tp):
-        raise FlowKDError(f"{key} must be {_kind(tp)}{''.join(f' {r}' for r in ranges)}, got {value!r}")
     numbers = value if isinstance(value, list) else [value]
-    for r in ranges:
-        bad = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool) and v not in r]
-        if bad:
-            what = _kind(tp) if not isinstance(value, list) else _kind(tp) + " each"
-            raise FlowKDError(f"{key} must be {what} {r}, got {value!r}")
+    in_range = all(v in r for r in ranges for v in numbers
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    if not _fits(value, tp) or not in_range:
+        raise FlowKDError(f"{key} must be {_describe(tp, ranges)}, got {value!r}")
 
 
 def typed_options(target) -> dict[str, Any]:

@@ -171,8 +171,8 @@ def _layers(args) -> int:
     from .models import model_defaults
 
     defaults = model_defaults(args.model)
-    c = args.in_channels or defaults.get("in_channels", 3)
-    size = args.in_size or defaults.get("in_size", 32)
+    c = args.in_channels if args.in_channels is not None else defaults.get("in_channels", 3)
+    size = args.in_size if args.in_size is not None else defaults.get("in_size", 32)
     model = create_model(args.model, width=args.width, num_classes=args.num_classes, in_channels=c, in_size=size)
     rows = layer_shapes(model, torch.zeros(2, c, size, size))
     if not rows:

@@ -34,6 +34,12 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     from .runmodels import RunModels, load_data
     from .io import load_into
 
+    check_number("--queries", queries, ">= 1", whole=True)
+    check_number("--database", database, ">= 1", whole=True)
+    check_number("--calibration", calibration, ">= 1", whole=True)
+    for k in ("atol", "rtol"):
+        if k in kw:
+            check_number(f"--{k}", kw[k], ">= 0")
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
@@ -50,12 +56,6 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
         raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
     if input_dtype not in ("uint8", "float32"):
         raise FlowKDError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
-    check_number("--queries", queries, ">= 1", whole=True)
-    check_number("--database", database, ">= 1", whole=True)
-    check_number("--calibration", calibration, ">= 1", whole=True)
-    for k in ("atol", "rtol"):
-        if k in kw:
-            check_number(f"--{k}", kw[k], ">= 0")
     path = Path(path)
     int8_path = path.with_name(path.stem + ".int8.onnx")
     check_outputs([path, path.with_name(path.name + ".json")]

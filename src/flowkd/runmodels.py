@@ -64,7 +64,15 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
         keep = sorted(set(range(len(train_set))) - set(held))
         train_set, test_set = train_set.subset(keep), train_set.subset(held)
         test_set.name = "validation"
-    return stratified_subset(train_set, d.train_subset, cfg.seed), stratified_subset(test_set, d.test_subset, cfg.seed + 1)
+    train_set, test_set = (stratified_subset(train_set, d.train_subset, cfg.seed),
+                           stratified_subset(test_set, d.test_subset, cfg.seed + 1))
+    present = torch.unique(train_set.labels).tolist()
+    if len(present) < 2:
+        name = train_set.classes[present[0]] if present and present[0] < len(train_set.classes) else "?"
+        raise FlowKDError(f"the training data ({cfg.data.name}{f' at {d.root}' if d.root else ''}) holds one class "
+                          f"only ({name!r}): a classifier learns nothing from it (loss 0) and every retrieval metric "
+                          "would read 100%; give it two classes or more")
+    return train_set, test_set
 
 
 class RunModels:

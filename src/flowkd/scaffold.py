@@ -112,8 +112,9 @@ def inspect_data(data: str, root: str = "data") -> DataInfo:
                 raise FlowKDError(f"--data {data}: no {d} folder; an image folder holds train/<class>/*.png|jpg "
                                   "and test/<class>/*.png|jpg")
             classes = sorted(e.name for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
-            if not classes:
-                raise FlowKDError(f"--data {data}: {d} has no class folders")
+            if len(classes) < 2:
+                raise FlowKDError(f"--data {data}: {d} has {'no class folders' if not classes else 'one class folder only'}"
+                                  f"; distillation and retrieval need two classes or more (train/<class>/*.png|jpg)")
             splits[split] = (classes, {c: _image_files(d / c) for c in classes})
         (classes, files), (test_classes, test_files) = splits["train"], splits["test"]
         if test_classes != classes:

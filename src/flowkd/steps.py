@@ -82,6 +82,9 @@ class DistillStep:
 
     def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0,
                  inference_teacher: bool = True, gather: Callable | None = None):
+        if teacher is student:
+            raise FlowKDError("DistillStep: the teacher is the student itself; every pair would compare a layer with "
+                              "itself (the loss is 0 and nothing is learnt): give another network as teacher")
         self.teacher = (FrozenTaps(teacher, flow.teacher_taps, inference_teacher)
                         if isinstance(teacher, nn.Module) else teacher)
         if isinstance(self.teacher, FeatureBank):
