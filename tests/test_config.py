@@ -92,7 +92,7 @@ def test_unknown_key_in_a_stage(tmp_path):
 def test_unknown_key_in_a_model_and_in_a_schedule(tmp_path):
     raises_naming(tmp_path, edit('arch = "mlp"', 'arch = "mlp"\ndepth = 3'), "'models.teacher.depth'")
     raises_naming(tmp_path, edit("decay = 0.7 }", "decay = 0.7, floor = 1 }"),
-                  "stage 'student'", "schedule 'critical_period' takes no option 'floor'", "it takes: init, decay, final")
+                  "stages.student.schedule: schedule 'critical_period' takes no option 'floor'", "it takes: init, decay, final")
 
 
 SCHEDULE = 'schedule = { name = "critical_period", init = 100.0, decay = 0.7 }'
@@ -102,7 +102,7 @@ PKT_STAGE = 'name = "student_pkt"\n'
 @pytest.mark.parametrize("old, new, fragments", [
     # an option of another schedule: constant has no decay
     (SCHEDULE, 'schedule = { name = "constant", decay = 0.5 }',
-     ("stage 'student'", "schedule 'constant' takes no option 'decay'", "it takes: weight, final")),
+     ("stages.student.schedule", "schedule 'constant' takes no option 'decay'", "it takes: weight, final")),
     (SCHEDULE, 'schedule = { name = "adaptive", init = 100.0, window = 3 }',
      ("schedule 'adaptive' takes no option 'window'", "tol, patience")),
     (SCHEDULE, "schedule = { init = 100.0 }", ("stage 'student'", "schedule needs a name", "critical_period")),
@@ -163,11 +163,11 @@ def test_table_expected():
 def test_int_accepted_where_float_expected(tmp_path):
     text = edit("width = 2.0                      # 512", "width = 2                      # 512")
     text = edit("lr = [1e-3]\n", "lr = [1]\n", text)
-    text = edit("test_fraction = 0.25", "test_fraction = 1", text)
+    text = edit("test_fraction = 0.25", "test_fraction = 0.25\nvalidation = 0", text)
     cfg = load_config(write(tmp_path, text))
     assert cfg.models["teacher"].width == 2.0 and type(cfg.models["teacher"].width) is float
     assert cfg.stages[0].lr == [1.0] and type(cfg.stages[0].lr[0]) is float
-    assert cfg.data.test_fraction == 1.0 and type(cfg.data.test_fraction) is float
+    assert cfg.data.validation == 0.0 and type(cfg.data.validation) is float
 
 
 def test_bool_not_accepted_as_float(tmp_path):

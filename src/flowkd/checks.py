@@ -22,7 +22,7 @@ from typing import Any, Literal, Sequence, Union
 
 from .errors import FlowKDError
 
-__all__ = ["Range", "check_number", "check_value", "check_options", "check_fields", "typed_options",
+__all__ = ["Range", "is_shape_mismatch", "check_number", "check_value", "check_options", "check_fields", "typed_options",
            "check_plan", "check_restart", "check_anneal_average", "RESTARTS", "ANNEALS"]
 
 RESTARTS = ("never", "phase", "epoch")
@@ -171,6 +171,15 @@ def check_fields(obj, where: str = "") -> None:
     built from Python, e.g. ``CriticalPeriod(init=-5.0)``: ``CriticalPeriod.init must be ...``)."""
     where = where or type(obj).__name__
     check_options(type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}, where)
+
+
+def is_shape_mismatch(e: BaseException) -> bool:
+    """Whether PyTorch's error says a network met an input of another shape than it was built for (channels,
+    image size, features): the user's data and model disagree, not a bug."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(p in text for p in (
+        "channels, but got", "shapes cannot be multiplied", "size mismatch", "Expected size", "Given groups=",
+        "Calculated padded input size", "Kernel size can't be greater than actual input size"))
 
 
 # ---- a stage's plan -----------------------------------------------------------------------------------

@@ -147,6 +147,28 @@ def save_weights(state: dict, path, meta: dict | None = None) -> None:
         atomic_torch_save({"model": state, "flowkd": meta} if meta else state, path)
 
 
+WRAPPERS = ("model", "state_dict", "model_state_dict", "net", "weights", "ema")  # training scripts' checkpoints
+
+
+def _tensors(obj) -> bool:
+    return isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrapped(obj, path) -> dict:
+    """A state_dict, or the one a training script's checkpoint holds under a usual key (``{"state_dict": ...,
+    "optimizer": ..., "epoch": ...}``); else one line saying what the file holds."""
+    if _tensors(obj):
+        return obj
+    if isinstance(obj, dict):
+        inner = next((obj[k] for k in WRAPPERS if _tensors(obj.get(k))), None)
+        if inner is not None:
+            return inner
+        keys = ", ".join(map(repr, list(obj)[:5])) + (", ..." if len(obj) > 5 else "")
+        raise FlowKDError(f"{path} holds a dict ({keys}) with no state_dict of tensors in it (flowkd looks under "
+                          f"{', '.join(map(repr, WRAPPERS))}); save model.state_dict()")
+    raise FlowKDError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors; save model.state_dict()")
+
+
 def load_weights(path, *, with_meta: bool = False):
     """A state_dict from ``path``, cast to float32: ``.safetensors`` (no code can be stored in it), or a torch
     file read with ``weights_only=True`` (pickled code is refused). ``with_meta``: also the metadata flowkd
@@ -170,13 +192,16 @@ def load_weights(path, *, with_meta: bool = False):
     except FlowKDError:
         raise
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+            raise FlowKDError(f"{path} holds pickled Python objects (a whole model saved with torch.save(model)?), "
+                              "not only tensors, and flowkd does not run code from a weights file: save "
+                              "model.state_dict() instead (torch.load(path, weights_only=False) reads it if you trust "
+                              "the file)") from None
         raise FlowKDError(f"cannot read weights {path}: not a PyTorch (.pt) or .safetensors weights file "
                           f"({type(e).__name__}: {first_line(e, 120)})") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         meta = dict(obj.get("flowkd") or {}) if isinstance(obj.get("flowkd"), dict) else meta
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FlowKDError(f"{path} does not hold a state_dict of tensors")
+    obj = _unwrapped(obj, path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj.items()}
     return (state, meta) if with_meta else state
 
@@ -219,10 +244,25 @@ def describe_mismatch(model: torch.nn.Module, state: dict, data: str = "") -> st
     return "they do not fit"
 
 
+def _without_prefix(state: dict, model: torch.nn.Module) -> dict:
+    """``state`` with a prefix that every key carries removed (``module.`` of DataParallel / DDP, ``model.`` of a
+    wrapping module) when the names then are exactly the model's; else ``state`` unchanged."""
+    own = set(model.state_dict())
+    if set(state) == own or not state:
+        return state
+    first = next(iter(state))
+    for i in [j for j, ch in enumerate(first) if ch == "."]:
+        prefix = first[: i + 1]
+        if all(k.startswith(prefix) for k in state) and {k[len(prefix):] for k in state} == own:
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def load_into(model: torch.nn.Module, path, what: str, data: str = "") -> dict:
     """Load the state_dict at ``path`` into ``model`` with strict keys; a mismatch is described in a user's
     terms (see ``describe_mismatch``). Returns the metadata stored beside the weights."""
     state, meta = load_weights(path, with_meta=True)
+    state = _without_prefix(state, model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:

@@ -62,10 +62,10 @@ class Registry(Generic[T]):
         valid = self.options(name)
         unknown = [k for k in options if k not in valid]
         if unknown:
-            raise FlowKDError(f"{where}: {self.kind} {name!r} takes no option {', '.join(map(repr, unknown))}; "
+            raise FlowKDError(f"{where + ': ' if where else ''}{self.kind} {name!r} takes no option {', '.join(map(repr, unknown))}; "
                               f"it takes: {', '.join(valid) if valid else '(none)'}")
         if isinstance(options, dict):
-            check_options(self.typed(name), options, where)
+            check_options(self.typed(name), options, where or name)
 
     def build(self, name: str, options: dict, where: str):
         """The item ``name`` called with ``options``, after ``check_options``."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .checks import check_number
-from .errors import FlowKDError
+from .errors import FlowKDError, first_line
 from .registry import closest
 
 __all__ = ["DataInfo", "ModelInfo", "parse_spec", "inspect_data", "describe_model", "pair_by_depth",
@@ -127,8 +127,12 @@ def inspect_data(data: str, root: str = "data") -> DataInfo:
             from PIL import Image
         except ImportError:
             raise FlowKDError("reading image folders needs Pillow: pip install 'flowkd[images]'") from None
-        with Image.open(first) as im:
-            mode, (w, h) = im.mode, im.size
+        try:
+            with Image.open(first) as im:
+                mode, (w, h) = im.mode, im.size
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
+            raise FlowKDError(f"--data {data}: cannot decode image {first} ({first_line(e, 120)}); remove or "
+                              "replace it") from None
         if mode not in _MODES:
             raise FlowKDError(f"--data {data}: image mode {mode!r} of {first} is not 'L' or 'RGB'")
         return DataInfo("imagefolder", str(path), _MODES[mode], h, w, classes,

@@ -178,7 +178,7 @@ def _factory(name: str, cls, build):
     """Register ``build(teacher_shape, student_shape, **options)`` as ``name``; its options are ``cls``'s typed
     parameters (``PAIR_LOSSES.check_options`` checks names, types and ranges against them)."""
     def factory(teacher_shape, student_shape, **options) -> nn.Module:
-        PAIR_LOSSES.check_options(name, options, f"pair loss {name!r}")
+        PAIR_LOSSES.check_options(name, options, "")
         return build(teacher_shape, student_shape, **options)
 
     factory.__name__ = f"make_{name}"
