@@ -140,9 +140,9 @@ def test_a_bug_of_ours_still_shows_its_traceback(monkeypatch):
 def test_resume_names_the_key_that_changed_and_ignores_evaluation_keys(tmp_path, capsys):
     assert run(tmp_path / "r", *ZERO) == 0
     capsys.readouterr()
-    one_error(capsys, run(tmp_path / "r", *ZERO, "stages.student.lr=[0.01, 0.0001]", extra=["--resume"]),
-              "cannot resume with another config: stages.student.lr was [0.001, 0.0001] when the run started and "
-              "is [0.01, 0.0001] now")
+    one_error(capsys, run(tmp_path / "r", *ZERO, "stages.student.lr=[0.02, 0.001]", extra=["--resume"]),
+              "cannot resume with another config: stages.student.lr was [0.01, 0.001] when the run started and "
+              "is [0.02, 0.001] now")
     assert run(tmp_path / "r", *ZERO, "eval.cost='none'", "eval.k=[5]", extra=["--resume"]) == 0
 
 
