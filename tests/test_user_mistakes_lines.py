@@ -195,3 +195,36 @@ def test_compare_repeated_seeds_name_the_seed_not_resume(tmp_path, capsys):
     one_error(capsys, main(["compare", DEMO, "--seeds", "0", "0", "--out", str(tmp_path / "c"),
                             "--results-dir", str(tmp_path / "res")]), "--seeds lists seed 0 twice")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_schedule_whose_weights_are_all_zero_is_refused():
+    with pytest.raises(FlowKDError, match="every pair weight of its schedule is 0 at every epoch and ce_weight is 0"):
+        config_from_toml(DEMO_TEXT, ["stages.student.schedule={ name = 'constant', weight = 0.0, final = 0.0 }"])
+    config_from_toml(DEMO_TEXT, ["stages.student.schedule={ name = 'constant', weight = 0.0, final = 0.0 }",
+                                "stages.student.ce_weight=1.0"])  # labels alone: a choice, not a mistake
+
+
+def test_a_test_split_of_one_class_is_refused(tmp_path, capsys):
+    one_error(capsys, run(tmp_path / "r", *ZERO, "data.test_subset=1"), "the test data (digits) holds one class only")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "config.json"])
+def test_a_damaged_run_folder_is_one_line(tmp_path, capsys, damaged):
+    assert run(tmp_path / "r", *ZERO) == 0
+    (tmp_path / "r" / damaged).write_text('{"completed": {')  # cut short
+    capsys.readouterr()
+    if damaged == "state.json":
+        one_error(capsys, run(tmp_path / "r", *ZERO, extra=["--resume"]), "cannot read", "state.json",
+                  "the run folder is damaged")
+    else:
+        one_error(capsys, main(["export", str(tmp_path / "r"), "--model", "student", "--out", str(tmp_path / "s.pt")]),
+                  "cannot read", "config.json", "the run folder is damaged")
+
+
+def test_a_command_line_mistake_is_one_line_too(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["init", "--epochs", "x", "--data", "digits"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flowkd: error: argument --epochs: invalid int value: 'x' (see `flowkd init --help`)"]

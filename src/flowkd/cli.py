@@ -235,8 +235,16 @@ WHERE_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACC
 FORCE = "replace the output file if it exists (flowkd never writes over an existing file without it)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one ``flowkd: error:`` line and exit 2, like every other (not usage + error)."""
+
+    def error(self, message):
+        print(f"flowkd: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowkd", description="Heterogeneous knowledge distillation by information-flow modeling.")
+    p = _Parser(prog="flowkd", description="Heterogeneous knowledge distillation by information-flow modeling.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a pipeline from a TOML config")

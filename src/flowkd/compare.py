@@ -13,7 +13,7 @@ from pathlib import Path
 from .checks import check_number
 from .config import load_config
 from .errors import FlowKDError
-from .io import atomic_write_json, atomic_write_text, check_folder, check_output
+from .io import read_json, atomic_write_json, atomic_write_text, check_folder, check_output
 from .pipeline import Pipeline
 from .rundir import is_run
 from .report import COST_NOTE, compression_summary, cost_cells, cost_header
@@ -176,7 +176,7 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
         done = run_dir / "results.json"
         if reuse and done.is_file():
             log(f"== seed {seed}: reusing {done}")
-            res = json.loads(done.read_text())
+            res = read_json(done, "remove that seed's folder to train it again")
             for n, m in res.get("models", {}).items():  # the paper's figures of the config as it is now
                 if n in cfg.models and cfg.models[n].paper:
                     m["paper"] = dict(cfg.models[n].paper)

@@ -317,9 +317,6 @@ def _validate(cfg: Config) -> None:
                               f"{', '.join(m for m in cfg.models if m != s.model)}) or make it kind = \"supervised\"")
         if s.kind == "distill" and s.teacher not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
-        if s.kind == "distill" and s.teacher == s.model:
-            raise FlowKDError(f"stage {s.name!r}: model {s.model!r} is its own teacher, so every pair compares a layer "
-                              "with itself (the loss is 0 and nothing is learnt); name another model as teacher")
         check_plan(s.epochs, s.lr, f"stage {s.name!r}")
         _validate_stage_options(s)
         if any(len(p) != 2 for p in s.pairs):
@@ -331,6 +328,9 @@ def _validate(cfg: Config) -> None:
         frozen = cfg.models[s.model].features or cfg.models[s.model].precompute
         if frozen and sum(s.epochs):  # a stage set to 0 epochs (switched off with --set) trains nothing
             raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has precomputed features and cannot be trained")
+        if s.kind == "distill" and s.teacher == s.model:
+            raise FlowKDError(f"stage {s.name!r}: model {s.model!r} is its own teacher, so every pair compares a layer "
+                              "with itself (the loss is 0 and nothing is learnt); name another model as teacher")
     _check_relational_batches(cfg)
     if cfg.weights_format not in ("pt", "safetensors"):
         raise FlowKDError(f"weights_format must be 'pt' or 'safetensors', got {cfg.weights_format!r}")
@@ -392,6 +392,10 @@ def _validate_stage_options(s: StageConfig) -> None:
     SCHEDULES.check_options(name, {k: v for k, v in s.schedule.items() if k != "name"}, f"stages.{s.name}.schedule")
     if s.kind != "distill":
         return
+    sched = SCHEDULES.build(name, {k: v for k, v in s.schedule.items() if k != "name"}, f"stages.{s.name}.schedule")
+    if sum(s.epochs) and not s.ce_weight and not any(w for e in range(sum(s.epochs)) for w in sched(e, 2)):
+        raise FlowKDError(f"{where}: every pair weight of its schedule is 0 at every epoch and ce_weight is 0, so the "
+                          "loss is 0 and nothing is learnt; give the schedule a weight (or final) above 0")
     PAIR_LOSSES.get(s.loss)
     pkt_only = [k for k in ("kernel", "divergence", "log_eps") if getattr(s, k) not in ("", None)]
     if s.loss != "pkt" and pkt_only:

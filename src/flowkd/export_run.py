@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     from .export import check_outputs
     from .data.load import stratified_index
     from .runmodels import RunModels, load_data
-    from .io import load_into
+    from .io import load_into, read_json
 
     check_number("--queries", queries, ">= 1", whole=True)
     check_number("--database", database, ">= 1", whole=True)
@@ -44,7 +43,7 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FlowKDError(f"{run_dir} is not a run directory (no config.json)")
-    raw = json.loads(cfg_path.read_text())
+    raw = read_json(cfg_path, "the run folder is damaged")
     models = raw.get("models", {})
     if model_name not in models:
         raise FlowKDError(f"run {run_dir} has no model {model_name!r}; its models: {', '.join(models) or '(none)'}")

@@ -18,7 +18,7 @@ import torch
 from .errors import FlowKDError, first_line
 
 __all__ = ["check_output", "check_folder", "write_error", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "append_jsonl", "load_weights", "save_weights", "load_into", "atomic_write_bytes", "safetensors_torch"]
+           "append_jsonl", "read_json", "load_weights", "save_weights", "load_into", "atomic_write_bytes", "safetensors_torch"]
 
 
 def _umask() -> int:
@@ -123,6 +123,14 @@ def append_jsonl(path, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
     except OSError as e:
         raise write_error(e, path) from None
+
+
+def read_json(path, what: str):
+    """The JSON document at ``path``; a damaged or unreadable one is one line (``what`` says what to do)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise FlowKDError(f"cannot read {path} ({type(e).__name__}: {first_line(e, 100)}); {what}") from None
 
 
 def safetensors_torch(purpose: str):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import FlowKDError, first_line
-from .io import append_jsonl, check_folder, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
+from .io import read_json, append_jsonl, check_folder, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
 
 __all__ = ["RunDir", "RunLock", "cpu_state", "is_run", "first_difference"]
 
@@ -181,7 +181,8 @@ class RunDir:
             raise FlowKDError(f"{path} already holds a run; use --resume to continue it or choose another --out")
         state_path = path / "state.json"
         if self.resume and state_path.exists():
-            state = json.loads(state_path.read_text())
+            state = read_json(state_path, "the run folder is damaged (a file edited or cut short by hand?): "
+                                          "start the run again in another --out")
             diff = first_difference(_compared(state.get("config")), _compared(self.config))
             if diff:
                 key, old, new = diff

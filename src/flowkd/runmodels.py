@@ -66,12 +66,13 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
         test_set.name = "validation"
     train_set, test_set = (stratified_subset(train_set, d.train_subset, cfg.seed),
                            stratified_subset(test_set, d.test_subset, cfg.seed + 1))
-    present = torch.unique(train_set.labels).tolist()
-    if len(present) < 2:
-        name = train_set.classes[present[0]] if present and present[0] < len(train_set.classes) else "?"
-        raise FlowKDError(f"the training data ({cfg.data.name}{f' at {d.root}' if d.root else ''}) holds one class "
-                          f"only ({name!r}): a classifier learns nothing from it (loss 0) and every retrieval metric "
-                          "would read 100%; give it two classes or more")
+    for split, data in (("training", train_set), (test_set.name if test_set.name == "validation" else "test", test_set)):
+        present = torch.unique(data.labels).tolist()
+        if len(present) < 2:
+            name = data.classes[present[0]] if present and present[0] < len(data.classes) else "?"
+            raise FlowKDError(f"the {split} data ({cfg.data.name}{f' at {d.root}' if d.root else ''}) holds one class "
+                              f"only ({name!r}): a classifier learns nothing from it (loss 0) and every retrieval "
+                              "metric would read 100%; give it two classes or more (or a larger data.test_subset)")
     return train_set, test_set
 
 
