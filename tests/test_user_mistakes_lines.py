@@ -228,3 +228,11 @@ def test_a_command_line_mistake_is_one_line_too(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["flowkd: error: argument --epochs: invalid int value: 'x' (see `flowkd init --help`)"]
+
+
+def test_a_model_with_too_few_outputs_for_the_labels_in_the_api():
+    model = create_model("digits_cnn", in_channels=1, in_size=8, num_classes=4)
+    data = ArrayDataset(torch.zeros(20, 1, 8, 8, dtype=torch.uint8), torch.arange(20) % 10, [str(c) for c in range(10)])
+    with pytest.raises(FlowKDError, match="SmallCNN gives 4 outputs per image, but the labels go up to 9"):
+        flowkd.train(model, flowkd.Loader(data, 10), flowkd.SupervisedStep(model), epochs=[1], lr=[1e-3],
+                     show_progress=False)

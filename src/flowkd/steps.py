@@ -64,7 +64,13 @@ class SupervisedStep:
         self.model = model
 
     def __call__(self, x, y, index=None):
-        ce = F.cross_entropy(self.model(x), y)
+        logits = self.model(x)
+        try:
+            ce = F.cross_entropy(logits, y)
+        except IndexError:  # a label >= the number of outputs (CPU); the labels and the model disagree
+            raise FlowKDError(f"{type(self.model).__name__} gives {logits.shape[-1]} outputs per image, but the labels "
+                              f"go up to {int(y.max())}: build it with num_classes = the data's number of classes"
+                              ) from None
         return {"loss": ce, "ce": ce.detach()}
 
     def close(self) -> None:
