@@ -18,12 +18,14 @@ import inspect
 import math
 import types
 import typing
-from typing import Any, Literal, Sequence, Union
+from typing import Annotated, Any, Literal, Sequence, Union
 
 from .errors import FlowKDError
 
-__all__ = ["Range", "is_shape_mismatch", "check_number", "check_value", "check_options", "check_fields", "typed_options",
-           "check_plan", "check_restart", "check_anneal_average", "RESTARTS", "ANNEALS"]
+__all__ = ["Range", "is_shape_mismatch", "check_number", "check_value", "has_range", "check_options", "check_fields",
+           "typed_options",
+           "check_plan", "check_restart", "check_anneal_average", "RESTARTS", "ANNEALS",
+           "PosInt", "NonNegInt", "PosFloat", "NonNegFloat"]
 
 RESTARTS = ("never", "phase", "epoch")
 ANNEALS = ("none", "cosine")
@@ -58,6 +60,13 @@ class Range:
         return f"Range({self.text!r})"
 
 
+# the usual kinds, for declarations that read as plainly as ``batch_size: PosInt = 128``
+PosInt = Annotated[int, Range(">= 1")]
+NonNegInt = Annotated[int, Range(">= 0")]
+PosFloat = Annotated[float, Range("> 0")]
+NonNegFloat = Annotated[float, Range(">= 0")]
+
+
 def _range(r) -> Range | None:
     return None if r is None else r if isinstance(r, Range) else Range(r)
 
@@ -83,6 +92,11 @@ def _split(hint) -> tuple[Any, list[Range]]:
         parts = [_split(a) for a in typing.get_args(hint)]
         return Union[tuple(b for b, _ in parts)], [r for _, rs in parts for r in rs]
     return hint, []
+
+
+def has_range(hint) -> bool:
+    """Whether ``hint`` declares a range (at its top, or in a member of a union)."""
+    return bool(_split(hint)[1])
 
 
 def _kind(tp) -> str:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from .checks import Range, check_anneal_average, check_plan, check_restart, check_value
+from .checks import (NonNegFloat, NonNegInt, PosFloat, PosInt, Range, check_anneal_average, check_plan,
+                     check_restart, check_value, has_range)
 from .errors import FlowKDError
 
 if sys.version_info >= (3, 11):
@@ -35,22 +36,22 @@ class DataConfig:
     name: str = "digits"            # digits | cifar10 | cifar100 | stl10 | imagefolder | cifar10_jpg
     root: str = ""                  # dataset folder (not used by digits)
     cache_dir: str = ""             # decoded-image cache for image folders (default: <root>/.flowkd-cache)
-    batch_size: Annotated[int, Range(">= 1")] = 128
-    eval_batch_size: Annotated[int, Range(">= 1")] = 1024
+    batch_size: PosInt = 128
+    eval_batch_size: PosInt = 1024
     augment: bool = False           # random crop (4-px zero padding) + horizontal flip, on the device
     drop_last: bool = False         # drop each epoch's last, smaller batch (similarity losses see only full batches)
     test_fraction: Annotated[float, Range("(0, 1)")] = 0.25  # digits only: held-out share, stratified
-    train_subset: Annotated[int, Range(">= 0")] = 0  # >0: keep this many training images (seeded, stratified)
-    test_subset: Annotated[int, Range(">= 0")] = 0   # >0: likewise for the test split
-    validation: Annotated[float, Range("[0, 1)")] = 0.0  # >0: evaluate on this stratified share of the training split, held out from
-                                    # training, instead of the test split (to choose weights without the test set)
+    train_subset: NonNegInt = 0  # >0: keep this many training images (seeded, stratified)
+    test_subset: NonNegInt = 0   # >0: likewise for the test split
+    validation: Annotated[float, Range("[0, 1)")] = 0.0  # >0: evaluate on this stratified share of the training
+                                    # split, held out from training, instead of the test split (to choose weights without the test set)
     download: bool = False          # cifar10 | cifar100 | stl10: fetch the official archive into root when missing
 
 
 @dataclass
 class ModelConfig:
     arch: str = ""                  # a registered name (`flowkd models`), timm:NAME, torchvision:NAME or py:MODULE:FUNCTION
-    width: Annotated[float, Range("> 0")] = 1.0  # channel / hidden-unit multiplier
+    width: PosFloat = 1.0  # channel / hidden-unit multiplier
     auxiliary_of: str = ""          # build as the auxiliary teacher of that model: its arch, width x `width`
     weights: str = ""               # a state_dict to load (strict keys; .pt or .safetensors), e.g. a trained teacher
     representation: str = ""        # tap used for evaluation (default: the model's own)
@@ -71,7 +72,7 @@ class StageConfig:
     epochs: list[int] = field(default_factory=lambda: [10])
     lr: list[float] = field(default_factory=lambda: [1e-3])   # one rate per phase of `epochs`
     optimizer: str = "adam"         # adam | sgd
-    weight_decay: Annotated[float, Range(">= 0")] = 0.0
+    weight_decay: NonNegFloat = 0.0
     pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep
     pairs_from: str = "representation"  # when `pairs` is empty: representation | flow (the models' own taps)
     # the pairs' weights: { name = <schedule>, <its options> } (flowkd.schedules; an option the schedule
@@ -82,12 +83,12 @@ class StageConfig:
     # options of loss "pkt" (unset: its defaults combined / jeffreys / 1e-6)
     kernel: str = ""                # combined | cosine | student_t | rbf | adaptive_rbf | gaussian | adaptive_gaussian
     divergence: str = ""            # jeffreys | kl
-    log_eps: Annotated[Union[float, None], Range(">= 0")] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
-    ce_weight: Annotated[float, Range(">= 0")] = 0.0  # distill: add this x cross-entropy on labels
+    log_eps: Union[NonNegFloat, None] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
+    ce_weight: NonNegFloat = 0.0  # distill: add this x cross-entropy on labels
     allow_unordered_pairs: bool = False  # pairs must go shallow -> deep on both sides, no tap twice, unless true
     restart_optimizer: str = "never"  # never | phase (a new optimiser per lr phase) | epoch (one per epoch)
     lr_anneal: str = "none"         # none | cosine: each phase's rate falls along a half cosine, epoch by epoch
-    average_last: Annotated[int, Range(">= 0")] = 0  # end with the mean of the weights after each of the last N epochs (0: off)
+    average_last: NonNegInt = 0  # end with the mean of the weights after each of the last N epochs (0: off)
     sweep_of: str = ""              # set by a sweep: the stage this one copies
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
 
@@ -99,7 +100,7 @@ class EvalConfig:
     k: Annotated[list[int], Range(">= 1")] = field(default_factory=lambda: [10, 100])
     legacy: bool = True             # also report the reference evaluator's legacy mAP / P@k
     cost: str = "static"            # none | static (params, MACs, size) | full (+ 1-thread CPU latency, PyTorch and ONNX Runtime)
-    cost_budget_s: Annotated[float, Range("> 0")] = 0.5  # full: seconds of repeated timing per model, input size and runtime
+    cost_budget_s: PosFloat = 0.5  # full: seconds of repeated timing per model, input size and runtime
 
 
 @dataclass
@@ -108,14 +109,14 @@ class FastConfig:
     channels_last: Union[bool, str] = "auto"  # models and batches in channels_last memory format; auto: on a CPU
     compile: bool = False           # torch.compile every trained model (launch-bound small students)
     cuda_graph: bool = False        # capture each epoch's whole training step as one CUDA graph (CUDA only)
-    student_workers: Annotated[Union[int, str], Range(">= 1")] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
+    student_workers: Union[PosInt, str] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
     inference_teacher: bool = True  # teachers run under torch.inference_mode
 
 
 @dataclass
 class AnalysisConfig:
     flow_log: bool = False          # log per-layer MI with the labels and per-pair divergences to flow.jsonl
-    probe_size: Annotated[int, Range(">= 2")] = 500  # fixed, stratified training images (no augmentation) used every epoch
+    probe_size: Annotated[int, Range(">= 2")] = 500  # fixed, stratified training images (no augmentation), every epoch
     kernel: str = "gaussian"        # MI kernel: gaussian | cosine
 
 
@@ -126,7 +127,7 @@ class DistributedConfig:
 
 @dataclass
 class Config:
-    seed: Annotated[int, Range(">= 0")] = 0
+    seed: NonNegInt = 0
     weights_format: str = "pt"      # pt | safetensors: the format of checkpoints/<stage>.* (safetensors: optional extra)
     mode: str = "default"           # default | paper: the reference code's optimiser restarts and plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
@@ -275,7 +276,7 @@ def pair_loss_options(s: StageConfig) -> dict:
 
 
 def check_ranges(obj, key: str = "") -> None:
-    """Every field declared with a range (``Annotated[int, Range(">= 1")]``), at any depth, named by its dotted
+    """Every field declared with a range (``PosInt``), at any depth, named by its dotted
     key as ``--set`` takes it: ``data.batch_size``, ``models.student.width``, ``stages.student.ce_weight``."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in dataclasses.fields(obj):
@@ -288,7 +289,7 @@ def check_ranges(obj, key: str = "") -> None:
         elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
             for i, v in enumerate(value):
                 check_ranges(v, f"{name}.{getattr(v, 'name', '') or i}")
-        elif typing.get_origin(hints[f.name]) is Annotated:
+        elif has_range(hints[f.name]):
             check_value(name, value, hints[f.name])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
-from .checks import Range, check_fields
+from .checks import NonNegFloat, PosInt, Range, check_fields
 from .registry import Registry
 
 __all__ = ["Schedule", "CriticalPeriod", "Constant", "AdaptiveCriticalPeriod", "SCHEDULES"]
@@ -30,9 +30,9 @@ class CriticalPeriod:
     the critical period in which the student forms its connections, then fitting and compression.
     """
 
-    init: Annotated[float, Range(">= 0")] = 100.0
+    init: NonNegFloat = 100.0
     decay: Annotated[float, Range("[0, 1]")] = 0.7
-    final: Annotated[float, Range(">= 0")] = 1.0
+    final: NonNegFloat = 1.0
 
     def __post_init__(self):
         check_fields(self)
@@ -46,8 +46,8 @@ class CriticalPeriod:
 class Constant:
     """The same weight for every intermediate pair at every epoch (``final`` for the last pair)."""
 
-    weight: Annotated[float, Range(">= 0")] = 1.0
-    final: Annotated[float, Range(">= 0")] = 1.0
+    weight: NonNegFloat = 1.0
+    final: NonNegFloat = 1.0
 
     def __post_init__(self):
         check_fields(self)
@@ -68,11 +68,11 @@ class AdaptiveCriticalPeriod:
     ``final``. The weights of epoch e depend only on what was observed after epochs 0..e-1.
     """
 
-    init: Annotated[float, Range(">= 0")] = 100.0
+    init: NonNegFloat = 100.0
     decay: Annotated[float, Range("[0, 1]")] = 0.7
-    tol: Annotated[float, Range(">= 0")] = 0.01
-    patience: Annotated[int, Range(">= 1")] = 2
-    final: Annotated[float, Range(">= 0")] = 1.0
+    tol: NonNegFloat = 0.01
+    patience: PosInt = 2
+    final: NonNegFloat = 1.0
     history: list = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self):

@@ -8,13 +8,13 @@ student_shape, **options)``, with the shapes per sample (no batch dimension).
 
 from __future__ import annotations
 
-from typing import Annotated, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import Range, check_options
+from ..checks import PosFloat, PosInt, check_options
 from ..errors import FlowKDError
 from ..registry import Registry
 from .pkt import PKTLoss
@@ -46,7 +46,7 @@ class HintonKD(nn.Module):
     cross-entropy on the labels is added by the training stage, not here.
     """
 
-    def __init__(self, temperature: Annotated[float, Range("> 0")] = 4.0):
+    def __init__(self, temperature: PosFloat = 4.0):
         super().__init__()
         check_options(HintonKD, {"temperature": temperature}, "kd")
         self.temperature = float(temperature)
@@ -77,7 +77,7 @@ class FitNetHint(nn.Module):
     """
 
     def __init__(self, teacher_shape: Sequence[int], student_shape: Sequence[int],
-                 kernel_size: Annotated[int, Range(">= 1")] = 1):
+                 kernel_size: PosInt = 1):
         super().__init__()
         try:
             t, s = tuple(int(v) for v in teacher_shape), tuple(int(v) for v in student_shape)
@@ -126,7 +126,7 @@ class AttentionTransfer(nn.Module):
     over samples and positions.
     """
 
-    def __init__(self, p: Annotated[float, Range("> 0")] = 2.0):
+    def __init__(self, p: PosFloat = 2.0):
         super().__init__()
         check_options(AttentionTransfer, {"p": p}, "at")
         self.p = p

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Sequence
+from typing import Sequence
 
 import torch
 
-from ..checks import Range, check_options
+from ..checks import NonNegFloat, check_options
 from ..errors import FlowKDError
 from .divergences import DIVERGENCES
 from .fused import pkt_stack, pkt_target
@@ -112,7 +112,7 @@ class PKTLoss(torch.nn.Module):
     relational = True  # compares the samples of a batch: needs batches of two or more
 
     def __init__(self, kernel: str = "combined", divergence: str = "jeffreys",
-                 log_eps: Annotated[float, Range(">= 0")] | None = 1e-6):
+                 log_eps: NonNegFloat | None = 1e-6):
         super().__init__()
         check_options(PKTLoss, {"kernel": kernel, "divergence": divergence, "log_eps": log_eps}, "pkt")
         if kernel not in KERNEL_CHOICES:
