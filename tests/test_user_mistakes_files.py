@@ -175,3 +175,13 @@ def test_fetch_into_an_unwritable_place(tmp_path, capsys):
         one_error(capsys, main(["data", "fetch", "cifar10", "--root", str(ro / "data")]), "not writable")
     finally:
         ro.chmod(0o700)
+
+
+def test_demo_into_a_folder_that_is_not_empty_and_features_with_a_wrong_suffix(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep.txt").write_text("mine")
+    one_error(capsys, main(["demo", "--out", str(tmp_path / "d"), "--quiet"]), "is not empty", "choose a new or empty")
+    assert snapshot(tmp_path / "d") == {"keep.txt": b"mine"}
+    one_error(capsys, main(["features", DEMO, "--model", "teacher", "--out", str(tmp_path / "f.txt")]),
+              "written as .npz or .safetensors")
+    one_error(capsys, main(["eval", "--model", "digits_cnn", "--weights", str(tmp_path / "d")]), "is a folder")

@@ -52,6 +52,8 @@ def _demo(args) -> int:
     text = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
     cfg = config_from_toml(text, [f"seed={args.seed}", f"device={args.device}", *args.set], "demo config")
     cfg.progress = not args.no_progress
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        raise FlowKDError(f"--out {args.out} is not empty; the demo trains a new run: choose a new or empty folder")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0

@@ -182,6 +182,9 @@ def load_weights(path, *, with_meta: bool = False):
     file read with ``weights_only=True`` (pickled code is refused). ``with_meta``: also the metadata flowkd
     wrote beside the weights (``{}`` when there is none)."""
     path = Path(path)
+    if path.is_dir():
+        raise FlowKDError(f"weights {path} is a folder; give the weights file in it (e.g. a run's "
+                          "checkpoints/<stage>.pt)")
     if not path.is_file():
         raise FlowKDError(f"weights file not found: {path}")
     if path.stat().st_size == 0:

@@ -7,6 +7,7 @@ import platform
 import time
 import zlib
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -166,6 +167,9 @@ def export_features(cfg: Config, name: str, taps: list[str], path, data=None, fo
     from .io import check_output
 
     check_output(path, "--out", force=force)
+    if Path(path).suffix not in (".npz", ".safetensors"):
+        raise FlowKDError(f"--out {path}: features are written as .npz or .safetensors, not "
+                          f"{Path(path).suffix or 'a file without a suffix'!r}")
 
     if name not in cfg.models:
         raise FlowKDError(f"unknown model {name!r}; models: {', '.join(cfg.models)}")
