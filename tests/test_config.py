@@ -86,13 +86,13 @@ def test_unknown_nested_key(tmp_path):
 
 def test_unknown_key_in_a_stage(tmp_path):
     text = edit('name = "aux_labels"\n', 'name = "aux_labels"\nepoch = [3]\n')
-    raises_naming(tmp_path, text, "unknown config key 'stages[1].epoch'", "epochs")
+    raises_naming(tmp_path, text, "unknown config key 'stages.aux_labels.epoch'", "epochs")
 
 
 def test_unknown_key_in_a_model_and_in_a_schedule(tmp_path):
     raises_naming(tmp_path, edit('arch = "mlp"', 'arch = "mlp"\ndepth = 3'), "'models.teacher.depth'")
     raises_naming(tmp_path, edit("decay = 0.7 }", "decay = 0.7, floor = 1 }"),
-                  "stage 'student'", "schedule 'critical_period' takes no option 'floor'", "it takes: init, decay, final")
+                  "stages.student.schedule: schedule 'critical_period' takes no option 'floor'", "it takes: init, decay, final")
 
 
 SCHEDULE = 'schedule = { name = "critical_period", init = 100.0, decay = 0.7 }'
@@ -102,7 +102,7 @@ PKT_STAGE = 'name = "student_pkt"\n'
 @pytest.mark.parametrize("old, new, fragments", [
     # an option of another schedule: constant has no decay
     (SCHEDULE, 'schedule = { name = "constant", decay = 0.5 }',
-     ("stage 'student'", "schedule 'constant' takes no option 'decay'", "it takes: weight, final")),
+     ("stages.student.schedule", "schedule 'constant' takes no option 'decay'", "it takes: weight, final")),
     (SCHEDULE, 'schedule = { name = "adaptive", init = 100.0, window = 3 }',
      ("schedule 'adaptive' takes no option 'window'", "tol, patience")),
     (SCHEDULE, "schedule = { init = 100.0 }", ("stage 'student'", "schedule needs a name", "critical_period")),
@@ -117,7 +117,7 @@ PKT_STAGE = 'name = "student_pkt"\n'
     (PKT_STAGE, PKT_STAGE + 'restart_optimizer = "stage"\n', ("restart_optimizer must be one of never, phase, epoch",)),
     (PKT_STAGE, PKT_STAGE + 'lr_anneal = "linear"\n', ("stage 'student_pkt'", "lr_anneal must be one of none, cosine")),
     (PKT_STAGE, PKT_STAGE + 'average_last = 1000\n', ("stage 'student_pkt'", "average_last must be a whole number")),
-    (PKT_STAGE, PKT_STAGE + 'average_last = 2.5\n', ("stages[5].average_last' must be int, got 2.5",)),
+    (PKT_STAGE, PKT_STAGE + 'average_last = 2.5\n', ("stages.student_pkt.average_last' must be int, got 2.5",)),
 ])
 def test_an_option_the_chosen_class_does_not_take_is_an_error(tmp_path, old, new, fragments):
     raises_naming(tmp_path, edit(old, new), *fragments)
@@ -137,9 +137,9 @@ def test_each_schedule_and_loss_takes_its_own_options(tmp_path):
     ("batch_size = 64", 'batch_size = "x"', ("'data.batch_size'", "int", "'x'")),
     ("batch_size = 64", "batch_size = true", ("'data.batch_size'", "int")),
     ("batch_size = 64", "batch_size = 64.0", ("'data.batch_size'", "int")),
-    ("epochs = [20]", "epochs = 5", ("'stages[0].epochs'", "list")),
-    ("epochs = [20]", 'epochs = ["5"]', ("'stages[0].epochs[0]'", "int")),
-    ("lr = [1e-3]\n", 'lr = [1e-3, "x"]\n', ("'stages[0].lr[1]'", "float")),
+    ("epochs = [20]", "epochs = 5", ("'stages.teacher.epochs'", "list")),
+    ("epochs = [20]", 'epochs = ["5"]', ("'stages.teacher.epochs[0]'", "int")),
+    ("lr = [1e-3]\n", 'lr = [1e-3, "x"]\n', ("'stages.teacher.lr[1]'", "float")),
     ("test_fraction = 0.25", "test_fraction = 0.25\naugment = 1", ("'data.augment'", "bool", "1")),
     ('name = "digits"', "name = 3", ("'data.name'", "str")),
     ("seed = 0", "seed = [0]", ("'seed'", "int")),
@@ -163,11 +163,11 @@ def test_table_expected():
 def test_int_accepted_where_float_expected(tmp_path):
     text = edit("width = 2.0                      # 512", "width = 2                      # 512")
     text = edit("lr = [1e-3]\n", "lr = [1]\n", text)
-    text = edit("test_fraction = 0.25", "test_fraction = 1", text)
+    text = edit("test_fraction = 0.25", "test_fraction = 0.25\nvalidation = 0", text)
     cfg = load_config(write(tmp_path, text))
     assert cfg.models["teacher"].width == 2.0 and type(cfg.models["teacher"].width) is float
     assert cfg.stages[0].lr == [1.0] and type(cfg.stages[0].lr[0]) is float
-    assert cfg.data.test_fraction == 1.0 and type(cfg.data.test_fraction) is float
+    assert cfg.data.validation == 0.0 and type(cfg.data.validation) is float
 
 
 def test_bool_not_accepted_as_float(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import errno
 import sys
 import tempfile
 import time
@@ -69,6 +70,8 @@ def _demo(args) -> int:
     cfg = config_from_toml(text, [f"seed={args.seed}", f"device={args.device}", *args.set], "demo config")
     cfg.progress = not args.no_progress
     cfg.tensorboard = cfg.tensorboard or args.tensorboard
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        raise FlowKDError(f"--out {args.out} is not empty; the demo trains a new run: choose a new or empty folder")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="flowkd-demo-"))
     res = Pipeline(cfg, out, log=(lambda *a: None) if args.quiet else print).run()
     wall = time.perf_counter() - t0
@@ -97,7 +100,7 @@ def _demo(args) -> int:
 def _eval(args) -> int:
     from .config import DataConfig, Config
     from .evaluation import evaluate_representation
-    from .io import atomic_write_json, load_into
+    from .io import atomic_write_json, check_output, load_into
     from .models import create_model
     from .pipeline import load_data, pick_device
 
@@ -109,6 +112,8 @@ def _eval(args) -> int:
     cfg = Config(data=DataConfig(name=name, root=root, cache_dir=args.cache_dir,
                                  eval_batch_size=args.batch_size),
                  device=args.device or "auto")
+    if args.json:
+        check_output(args.json, "--json", force=args.force)
     train_set, test_set = load_data(cfg)
     dev = pick_device(cfg.device)
     c, h, _ = train_set.shape
@@ -134,7 +139,7 @@ def _eval(args) -> int:
                                              "  (no head acc: the checkpoint's classifier was never trained)" if not head else "")
           + f"  ({res['wall_s']:.1f} s on {dev})")
     if args.json:
-        atomic_write_json(args.json, res)
+        atomic_write_json(args.json, res)  # checked before the evaluation
     return 0
 
 
@@ -146,7 +151,7 @@ def _compare(args) -> int:
         print(f"the runs go to {out} (a temp folder, kept: remove it when done; --out DIR puts them elsewhere)")
     sets = list(args.set) + (["progress=false"] if args.no_progress else [])
     doc = compare(args.config, args.seeds, out, overrides=sets, results_dir=args.results_dir, name=args.name,
-                  log=(lambda *a: None) if args.quiet else print, reuse=args.reuse)
+                  log=(lambda *a: None) if args.quiet else print, reuse=args.reuse, force=args.force)
     print(doc["table"])
     print(f"wrote {args.results_dir}/compare_{args.name or Path(args.config).stem.removeprefix('compare_')}.json|md"
           + (" and the bar chart" if doc["plot"] else " (no bar chart: pip install matplotlib)") + f"; runs in {out}")
@@ -169,7 +174,7 @@ def _features(args) -> int:
     if args.device:
         cfg.device = args.device
     t0 = time.perf_counter()
-    bank = export_features(cfg, args.model, args.taps, args.out)
+    bank = export_features(cfg, args.model, args.taps, args.out, force=args.force)
     print(f"wrote {args.out}: {len(bank)} rows; " + ", ".join(f"{k} {tuple(v)}" for k, v in bank.shapes().items())
           + f" (+ labels) in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -193,8 +198,8 @@ def _layers(args) -> int:
     from .models import model_defaults
 
     defaults = model_defaults(args.model)
-    c = args.in_channels or defaults.get("in_channels", 3)
-    size = args.in_size or defaults.get("in_size", 32)
+    c = args.in_channels if args.in_channels is not None else defaults.get("in_channels", 3)
+    size = args.in_size if args.in_size is not None else defaults.get("in_size", 32)
     model = create_model(args.model, width=args.width, num_classes=args.num_classes, in_channels=c, in_size=size)
     rows = layer_shapes(model, torch.zeros(2, c, size, size))
     if not rows:
@@ -217,7 +222,7 @@ def _export(args) -> int:
     fmt = args.format
     export_run(args.run_dir, args.model, args.out, format=fmt, output="logits" if args.logits else "representation",
                      tap=args.tap or None, input_dtype=args.input, queries=args.queries, database=args.database,
-                     atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration)
+                     atol=args.atol, rtol=args.rtol, int8=args.int8, calibration=args.calibration, force=args.force)
     return 0
 
 
@@ -247,15 +252,27 @@ def _init(args) -> int:
     from .scaffold import write_config
 
     write_config(args.out, data=args.data, teacher=args.teacher, student=args.student, root=args.root,
-                 epochs=args.epochs)
+                 epochs=args.epochs, force=args.force)
     run = shlex.join(["flowkd", "run", args.out, "--out", f"runs/{Path(args.out).stem}"])
     print(f"wrote {args.out}; run it with: {run}")
     return 0
 
 
 
+WHERE_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EACCES, errno.EPERM, errno.EROFS)
+FORCE = "replace the output file if it exists (flowkd never writes over an existing file without it)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one ``flowkd: error:`` line and exit 2, like every other (not usage + error)."""
+
+    def error(self, message):
+        print(f"flowkd: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowkd", description="Heterogeneous knowledge distillation by information-flow modeling.")
+    p = _Parser(prog="flowkd", description="Heterogeneous knowledge distillation by information-flow modeling.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a pipeline from a TOML config")
@@ -302,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=1024, help="feature-extraction batch (default 1024)")
     e.add_argument("--k", type=int, nargs="+", default=[10, 100], help="precision at these ranks (default 10 100)")
     e.add_argument("--json", default="", help="also write the full results here")
+    e.add_argument("--force", action="store_true", help=FORCE)
     e.set_defaults(fn=_eval)
 
     c = sub.add_parser("compare", help="train every method of a comparison config over seeds; one table")
@@ -314,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--reuse", action="store_true", help="with --out: read the seeds already finished there, resume the others")
+    c.add_argument("--force", action="store_true", help="replace results files of that name that are not a comparison's")
     c.set_defaults(fn=_compare)
 
     fl = sub.add_parser("flow", help="plot a run's flow.jsonl (per-layer MI over epochs) and an HTML report")
@@ -327,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, help="a .npz or .safetensors file")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ft.add_argument("--device", default="", help="override the config's device (cpu, cuda, cuda:N)")
+    ft.add_argument("--force", action="store_true", help=FORCE)
     ft.set_defaults(fn=_features)
 
     lay = sub.add_parser("layers", help="list a model's tap names and output shapes (or a features file's arrays)")
@@ -357,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "py:MODULE:FACTORY, fn:MODULE:FUNCTION; @WEIGHTS = its trained "
                                                       "state_dict (without it a stage trains the teacher first)")
     it.add_argument("--student", required=True, help="ARCH (as for --teacher): the network to distil into")
-    it.add_argument("--out", required=True, help="the config file to write (never overwritten)")
+    it.add_argument("--out", required=True, help="the config file to write (an existing one only with --force)")
+    it.add_argument("--force", action="store_true", help=FORCE)
     it.add_argument("--root", default="data", help="data.root for a dataset name (default: data)")
-    it.add_argument("--epochs", type=int, default=0, help="every stage one phase of this many epochs "
+    it.add_argument("--epochs", type=int, default=None, help="every stage one phase of this many epochs "
                                                           "(default: the paper's schedule)")
     it.set_defaults(fn=_init)
 
@@ -380,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--int8", action="store_true", help="ONNX only: also write an int8 model (static quantisation, "
                                                         "calibrated on training images) next to it")
     ex.add_argument("--calibration", type=int, default=512, help="training images used to calibrate --int8")
+    ex.add_argument("--force", action="store_true", help=FORCE)
     ex.set_defaults(fn=_export)
 
     m = sub.add_parser("models", help="list the registered models")
@@ -396,6 +418,14 @@ def main(argv=None) -> int:
         return args.fn(args)
     except FlowKDError as e:
         print(f"flowkd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine's, not the code's: a full disk, a permission, a path that vanished
+        if e.filename is None and e.errno not in WHERE_ERRNOS:
+            raise
+        from .io import write_error
+
+        print(f"flowkd: error: {write_error(e, e.filename or 'a file') if e.errno in WHERE_ERRNOS else e}",
+              file=sys.stderr)
         return 2
     except MemoryError as e:
         print(f"flowkd: error: out of memory ({first_line(e, 200)}); lower data.batch_size / data.eval_batch_size "

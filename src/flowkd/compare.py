@@ -4,18 +4,21 @@ then aggregate every model's metrics as mean ± std into one table, a JSON file 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import textwrap
 import time
 from pathlib import Path
 
+from .checks import check_number
 from .config import load_config
 from .errors import FlowKDError
-from .io import atomic_write_json, atomic_write_text
+from .io import read_json, atomic_write_json, atomic_write_text, check_folder, check_output
 from .pipeline import Pipeline
+from .rundir import is_run
 from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
-__all__ = ["compare", "aggregate", "compare_table", "render", "same_everywhere", "provenance_line"]
+__all__ = ["compare", "aggregate", "compare_table", "render", "same_everywhere", "provenance_line", "is_comparison", "check_plan"]
 
 COLUMNS = [("cos mAP", ("cosine", "map")), ("euc mAP", ("euclidean", "map")),
            ("cos P@10", ("cosine", "precision_at", 10)), ("cos P@100", ("cosine", "precision_at", 100)),
@@ -156,12 +159,65 @@ def _plot(agg: dict, title: str, path: Path) -> bool:
     return True
 
 
-def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print,
-            reuse: bool = False) -> dict:
-    """Run the config once per seed (``out_dir/seed<N>``) and aggregate. ``reuse``: a seed whose run folder
-    already holds ``results.json`` is read instead of trained again; an unfinished one is resumed."""
+MARKER = "comparison.json"  # what makes a folder a comparison's (written in --out when it starts)
+
+
+def is_comparison(path: Path) -> bool:
+    """Whether ``path`` holds a comparison: its marker, or nothing but ``seed<N>`` run folders (older ones)."""
+    if (path / MARKER).is_file():
+        return True
+    entries = list(path.iterdir())
+    return bool(entries) and all(re.fullmatch(r"seed\d+", e.name) and e.is_dir() and (is_run(e) or not any(e.iterdir()))
+                                 for e in entries)
+
+
+def _is_results(path: Path) -> bool:
+    """A comparison's results file (``compare_<name>.json|md|png``) written by ``compare``: its JSON says so."""
+    try:
+        doc = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"title", "config", "seeds", "models", "machine"} <= set(doc)
+
+
+def check_plan(config, seeds, out_dir, results: list[Path], *, reuse: bool, force: bool) -> None:
+    """Everything that can refuse a comparison, before its first seed trains: the seeds, the ``--out`` folder
+    (new, empty or a comparison), a seed's folder that already holds a run (only with ``reuse``), and the
+    results files (new, a comparison's, or ``force``)."""
     if not seeds:
         raise FlowKDError("compare needs at least one seed")
+    for seed in seeds:
+        check_number("--seeds", seed, ">= 0", whole=True)
+    twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if twice:
+        raise FlowKDError(f"--seeds lists seed {twice[0]} twice; give each seed once")
+    out = check_folder(out_dir, "--out")
+    if out.is_dir() and any(out.iterdir()) and not is_comparison(out):
+        names = sorted(e.name for e in out.iterdir())
+        raise FlowKDError(f"--out {out} is not empty and is not a comparison (it holds {', '.join(names[:3])}"
+                          f"{', ...' if len(names) > 3 else ''}); choose a new or empty folder")
+    for seed in seeds:
+        run = out / f"seed{seed}"
+        if not reuse and run.is_dir() and any(run.iterdir()):
+            raise FlowKDError(f"{run} already holds a run of seed {seed}; add --reuse to read it (and resume an "
+                              "unfinished one) or choose another --out")
+    for path in results:
+        check_output(path, "--results-dir's", force=force, ours=_is_results)
+
+
+def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print,
+            reuse: bool = False, force: bool = False) -> dict:
+    """Run the config once per seed (``out_dir/seed<N>``) and aggregate. ``reuse``: a seed whose run folder
+    already holds ``results.json`` is read instead of trained again; an unfinished one is resumed. The results
+    go to ``results_dir/compare_<name>.json|md|png``, replacing only an earlier comparison's (or with ``force``)."""
+    name = name or Path(config).stem.removeprefix("compare_")
+    res = Path(results_dir)  # (the loop below reuses the name for a seed's results; it is set again after it)
+    check_plan(config, seeds, out_dir, [res / f"compare_{name}{x}" for x in (".json", ".md", ".png")],
+               reuse=reuse, force=force)
+    load_config(config, [*overrides, f"seed={seeds[0]}"])  # a bad config fails before any folder is made
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if not (Path(out_dir) / MARKER).is_file():
+        atomic_write_json(Path(out_dir) / MARKER, {"config": str(config), "overrides": list(overrides)})
     t0 = time.perf_counter()
     per_seed, reused_s = [], 0.0
     for seed in seeds:
@@ -170,7 +226,7 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
         done = run_dir / "results.json"
         if reuse and done.is_file():
             log(f"== seed {seed}: reusing {done}")
-            res = json.loads(done.read_text())
+            res = read_json(done, "remove that seed's folder to train it again")
             for n, m in res.get("models", {}).items():  # the paper's figures of the config as it is now
                 if n in cfg.models and cfg.models[n].paper:
                     m["paper"] = dict(cfg.models[n].paper)
@@ -182,7 +238,6 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
     wall = time.perf_counter() - t0 + reused_s
     agg = aggregate(per_seed)
     title = per_seed[0].get("title") or "flowkd comparison"
-    name = name or Path(config).stem.removeprefix("compare_")
     res = Path(results_dir)
     doc = {"title": title, "config": str(config), "overrides": list(overrides), "seeds": list(seeds),
            "mode": load_config(config, list(overrides)).mode,

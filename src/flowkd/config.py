@@ -16,8 +16,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
+from .checks import (NonNegFloat, NonNegInt, PosFloat, PosInt, Range, check_anneal_average, check_plan,
+                     check_restart, check_value, has_range)
 from .errors import FlowKDError
 
 if sys.version_info >= (3, 11):
@@ -34,22 +36,22 @@ class DataConfig:
     name: str = "digits"            # digits | cifar10 | cifar100 | stl10 | imagefolder | cifar10_jpg
     root: str = ""                  # dataset folder (not used by digits)
     cache_dir: str = ""             # decoded-image cache for image folders (default: <root>/.flowkd-cache)
-    batch_size: int = 128
-    eval_batch_size: int = 1024
+    batch_size: PosInt = 128
+    eval_batch_size: PosInt = 1024
     augment: bool = False           # random crop (4-px zero padding) + horizontal flip, on the device
     drop_last: bool = False         # drop each epoch's last, smaller batch (similarity losses see only full batches)
-    test_fraction: float = 0.25     # digits only: held-out share, stratified
-    train_subset: int = 0           # >0: keep this many training images (seeded, stratified) for quick runs
-    test_subset: int = 0            # >0: likewise for the test split
-    validation: float = 0.0         # >0: evaluate on this stratified share of the training split, held out from
-                                    # training, instead of the test split (to choose weights without the test set)
+    test_fraction: Annotated[float, Range("(0, 1)")] = 0.25  # digits only: held-out share, stratified
+    train_subset: NonNegInt = 0  # >0: keep this many training images (seeded, stratified)
+    test_subset: NonNegInt = 0   # >0: likewise for the test split
+    validation: Annotated[float, Range("[0, 1)")] = 0.0  # >0: evaluate on this stratified share of the training
+                                    # split, held out from training, instead of the test split (to choose weights without the test set)
     download: bool = False          # cifar10 | cifar100 | stl10: fetch the official archive into root when missing
 
 
 @dataclass
 class ModelConfig:
     arch: str = ""                  # a registered name (`flowkd models`), timm:NAME, torchvision:NAME or py:MODULE:FUNCTION
-    width: float = 1.0              # channel / hidden-unit multiplier
+    width: PosFloat = 1.0  # channel / hidden-unit multiplier
     auxiliary_of: str = ""          # build as the auxiliary teacher of that model: its arch, width x `width`
     weights: str = ""               # a state_dict to load (strict keys; .pt or .safetensors), e.g. a trained teacher
     representation: str = ""        # tap used for evaluation (default: the model's own)
@@ -77,7 +79,7 @@ class StageConfig:
     epochs: list[int] = field(default_factory=lambda: [10])
     lr: list[float] = field(default_factory=lambda: [1e-3])   # one rate per phase of `epochs`
     optimizer: str = "adam"         # adam | sgd
-    weight_decay: float = 0.0
+    weight_decay: NonNegFloat = 0.0
     pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep
     pairs_from: str = "representation"  # when `pairs` is empty: representation | flow (the models' own taps)
     # the pairs' weights: { name = <schedule>, <its options> } (flowkd.schedules; an option the schedule
@@ -88,12 +90,12 @@ class StageConfig:
     # options of loss "pkt" (unset: its defaults combined / jeffreys / 1e-6)
     kernel: str = ""                # combined | cosine | student_t | rbf | adaptive_rbf | gaussian | adaptive_gaussian
     divergence: str = ""            # jeffreys | kl
-    log_eps: Union[float, None] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
-    ce_weight: float = 0.0          # distill: add this x cross-entropy on labels
+    log_eps: Union[NonNegFloat, None] = None  # epsilon inside the divergence's logs (0: plain logs, as the paper's code)
+    ce_weight: NonNegFloat = 0.0  # distill: add this x cross-entropy on labels
     allow_unordered_pairs: bool = False  # pairs must go shallow -> deep on both sides, no tap twice, unless true
     restart_optimizer: str = "never"  # never | phase (a new optimiser per lr phase) | epoch (one per epoch)
     lr_anneal: str = "none"         # none | cosine: each phase's rate falls along a half cosine, epoch by epoch
-    average_last: int = 0           # end with the mean of the weights after each of the last N epochs (0: off)
+    average_last: NonNegInt = 0  # end with the mean of the weights after each of the last N epochs (0: off)
     sweep_of: str = ""              # set by a sweep: the stage this one copies
     augment: Union[bool, str] = "auto"  # auto: data.augment, except off when the teacher's features are precomputed
     views: int = -1                 # distill from a banked teacher: this stage's number of views (-1: the teacher's views)
@@ -103,10 +105,10 @@ class StageConfig:
 class EvalConfig:
     models: list[str] = field(default_factory=list)   # empty: every model
     metrics: list[str] = field(default_factory=lambda: ["cosine", "euclidean"])
-    k: list[int] = field(default_factory=lambda: [10, 100])
+    k: Annotated[list[int], Range(">= 1")] = field(default_factory=lambda: [10, 100])
     legacy: bool = True             # also report the reference evaluator's legacy mAP / P@k
     cost: str = "static"            # none | static (params, MACs, size) | full (+ 1-thread CPU latency, PyTorch and ONNX Runtime)
-    cost_budget_s: float = 0.5      # full: seconds of repeated timing per model, input size and runtime
+    cost_budget_s: PosFloat = 0.5  # full: seconds of repeated timing per model, input size and runtime
 
 
 @dataclass
@@ -115,14 +117,14 @@ class FastConfig:
     channels_last: Union[bool, str] = "auto"  # models and batches in channels_last memory format; auto: on a CPU
     compile: bool = False           # torch.compile every trained model (launch-bound small students)
     cuda_graph: bool = False        # capture each epoch's whole training step as one CUDA graph (CUDA only)
-    student_workers: Union[int, str] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
+    student_workers: Union[PosInt, str] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
     inference_teacher: bool = True  # teachers run under torch.inference_mode
 
 
 @dataclass
 class AnalysisConfig:
     flow_log: bool = False          # log per-layer MI with the labels and per-pair divergences to flow.jsonl
-    probe_size: int = 500           # fixed, stratified training images (no augmentation) used every epoch
+    probe_size: Annotated[int, Range(">= 2")] = 500  # fixed, stratified training images (no augmentation), every epoch
     kernel: str = "gaussian"        # MI kernel: gaussian | cosine
 
 
@@ -133,7 +135,7 @@ class DistributedConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: NonNegInt = 0
     weights_format: str = "pt"      # pt | safetensors: the format of checkpoints/<stage>.* (safetensors: optional extra)
     mode: str = "default"           # default | paper: the reference code's optimiser restarts and plain logs
     device: str = "auto"            # auto | cpu | cuda | cuda:N
@@ -173,7 +175,9 @@ def _convert(value: Any, tp, key: str):
         (arg,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise FlowKDError(f"config key {key!r} must be a list, got {value!r}")
-        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        # an entry of [[stages]] is named as --set names it: stages.<name>.key
+        return [_convert(v, arg, f"{key}.{v['name']}" if isinstance(v, dict) and isinstance(v.get("name"), str)
+                         else f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         _, arg = typing.get_args(tp)
         if not isinstance(value, dict):
@@ -280,7 +284,26 @@ def pair_loss_options(s: StageConfig) -> dict:
     return {**top, **s.loss_options}
 
 
+def check_ranges(obj, key: str = "") -> None:
+    """Every field declared with a range (``PosInt``), at any depth, named by its dotted
+    key as ``--set`` takes it: ``data.batch_size``, ``models.student.width``, ``stages.student.ce_weight``."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value, name = getattr(obj, f.name), f"{key}.{f.name}".lstrip(".")
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, name)
+        elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            for k, v in value.items():
+                check_ranges(v, f"{name}.{k}")
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            for i, v in enumerate(value):
+                check_ranges(v, f"{name}.{getattr(v, 'name', '') or i}")
+        elif has_range(hints[f.name]):
+            check_value(name, value, hints[f.name])
+
+
 def _validate(cfg: Config) -> None:
+    check_ranges(cfg)
     if cfg.fast.amp not in ("none", "bf16"):
         raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
     if cfg.fast.channels_last not in (True, False, "auto"):
@@ -299,10 +322,11 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: unknown kind {s.kind!r}; valid: {', '.join(STAGE_KINDS)}")
         if s.model not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown model {s.model!r}; models: {', '.join(cfg.models)}")
+        if s.kind == "distill" and not s.teacher:
+            raise FlowKDError(f"stage {s.name!r} distils, and needs a teacher: add teacher = \"MODEL\" (one of "
+                              f"{', '.join(m for m in cfg.models if m != s.model)}) or make it kind = \"supervised\"")
         if s.kind == "distill" and s.teacher not in cfg.models:
             raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
-        from .loop import check_plan
-
         check_plan(s.epochs, s.lr, f"stage {s.name!r}")
         _validate_stage_options(s)
         if any(len(p) != 2 for p in s.pairs):
@@ -324,6 +348,10 @@ def _validate(cfg: Config) -> None:
                               f"(models.{s.model}.views) and so is frozen; it cannot be trained")
         if frozen and sum(s.epochs):  # a stage set to 0 epochs (switched off with --set) trains nothing
             raise FlowKDError(f"stage {s.name!r}: model {s.model!r} has precomputed features and cannot be trained")
+        if s.kind == "distill" and s.teacher == s.model:
+            raise FlowKDError(f"stage {s.name!r}: model {s.model!r} is its own teacher, so every pair compares a layer "
+                              "with itself (the loss is 0 and nothing is learnt); name another model as teacher")
+    _check_relational_batches(cfg)
     if cfg.weights_format not in ("pt", "safetensors"):
         raise FlowKDError(f"weights_format must be 'pt' or 'safetensors', got {cfg.weights_format!r}")
     for name, m in cfg.models.items():
@@ -369,10 +397,23 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"eval.metrics: unknown metric {m!r}; valid: cosine, euclidean")
 
 
+def _check_relational_batches(cfg: Config) -> None:
+    """A loss that compares the samples of a batch with each other (PKT, SP) has nothing to compare in a batch
+    of one: every term is 0 and the student learns nothing."""
+    from .losses.baselines import PAIR_LOSSES
+
+    if cfg.data.batch_size >= 2:
+        return
+    for s in cfg.stages:
+        if s.kind == "distill" and sum(s.epochs) and getattr(PAIR_LOSSES.typed(s.loss), "relational", False):
+            raise FlowKDError(f"data.batch_size = {cfg.data.batch_size}: stage {s.name!r}'s loss {s.loss!r} compares "
+                              "the samples of a batch with each other, and a batch of one has no pairs (every term "
+                              "would be 0 and the student would learn nothing); use data.batch_size >= 2 (the paper: 128)")
+
+
 def _validate_stage_options(s: StageConfig) -> None:
     """Schedules and pair losses take the options their registered class takes, no other."""
     from .losses.baselines import PAIR_LOSSES
-    from .loop import check_anneal_average, check_restart
     from .schedules import SCHEDULES
 
     where = f"stage {s.name!r}"
@@ -381,14 +422,19 @@ def _validate_stage_options(s: StageConfig) -> None:
     name = s.schedule.get("name")
     if not isinstance(name, str):
         raise FlowKDError(f"{where}: schedule needs a name, e.g. {{ name = \"critical_period\" }}; valid: {', '.join(SCHEDULES.names())}")
-    SCHEDULES.check_options(name, [k for k in s.schedule if k != "name"], f"{where}, schedule")
+    SCHEDULES.check_options(name, {k: v for k, v in s.schedule.items() if k != "name"}, f"stages.{s.name}.schedule")
     if s.kind != "distill":
         return
+    sched = SCHEDULES.build(name, {k: v for k, v in s.schedule.items() if k != "name"}, f"stages.{s.name}.schedule")
+    if sum(s.epochs) and not s.ce_weight and not any(w for e in range(sum(s.epochs)) for w in sched(e, 2)):
+        raise FlowKDError(f"{where}: every pair weight of its schedule is 0 at every epoch and ce_weight is 0, so the "
+                          "loss is 0 and nothing is learnt; give the schedule a weight (or final) above 0")
     PAIR_LOSSES.get(s.loss)
     pkt_only = [k for k in ("kernel", "divergence", "log_eps") if getattr(s, k) not in ("", None)]
     if s.loss != "pkt" and pkt_only:
         raise FlowKDError(f"{where}: {', '.join(pkt_only)} apply to loss 'pkt' only; this stage's loss is {s.loss!r}")
-    PAIR_LOSSES.check_options(s.loss, pair_loss_options(s), f"{where}, loss_options")
+    PAIR_LOSSES.check_options(s.loss, s.loss_options, f"stages.{s.name}.loss_options")
+    PAIR_LOSSES.check_options(s.loss, pair_loss_options(s), f"stages.{s.name}")
 
 
 def _parse_value(text: str):

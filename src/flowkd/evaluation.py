@@ -10,7 +10,8 @@ from torch import nn
 
 from . import retrieval
 from .data.arrays import ArrayDataset, Loader
-from .errors import FlowKDError, warn
+from .checks import is_shape_mismatch
+from .errors import FlowKDError, first_line, warn
 from .taps import default_representation, frozen_taps
 
 __all__ = ["extract", "features_of", "accuracy", "ncm_accuracy", "evaluate_representation"]
@@ -22,7 +23,14 @@ def extract(model: nn.Module, data: ArrayDataset, tap: str, batch_size: int = 10
     feats, outs = [], []
     with frozen_taps(model, [tap]) as taps:
         for x in (b.x for b in Loader(data, batch_size)):
-            out, f = taps.run(x)
+            try:
+                out, f = taps.run(x)
+            except RuntimeError as e:
+                if feats or not is_shape_mismatch(e):
+                    raise
+                raise FlowKDError(f"{type(model).__name__} cannot run on these {'x'.join(map(str, x.shape[1:]))} "
+                                  f"images ({first_line(e, 160)}): was it built for other images (channels, "
+                                  "size)?") from None
             feats.append(f[tap].float())
             outs.append(out.float() if isinstance(out, torch.Tensor) else torch.zeros(len(x), 0, device=x.device))
     return torch.cat(feats), torch.cat(outs)

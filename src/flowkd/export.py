@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import check_number
 from .errors import FlowKDError, first_line
+from .io import check_output
 from .onnx_io import ImageEncoder, _temp_in, _trace, _write_onnx, onnx_modules
 from .taps import default_representation, parse_tap
 
@@ -193,12 +195,19 @@ def _check(run, encoder: ImageEncoder, model: nn.Module, example: torch.Tensor, 
 # ---- the public entry points ---------------------------------------------------------------------------
 
 
+def check_outputs(paths, force: bool) -> None:
+    """Every file an export writes (the model, ``<out>.json``, the int8 model and its ``.json``) before any work."""
+    for p in paths:
+        check_output(p, "--out" if p == paths[0] else f"--out's {Path(p).name}", force=force)
+
+
+
 def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None = None,
            output: str = "representation", tap: str | None = None,
            normalize: tuple[Sequence[float], Sequence[float]] | None = None, check=None,
            fresh: Callable[[], nn.Module] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
            map_tol: float = 0.01, opset: int | None = None, metadata: dict | None = None, batch_size: int = 256,
-           log=print) -> dict:
+           force: bool = False, log=print) -> dict:
     """Export ``model`` to ``path`` and check the written file with its runtime; returns a report dict.
 
     ``example``: a batch of input images (N >= 2, C, H, W), uint8 or float in [0, 255] when ``normalize`` is
@@ -211,6 +220,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
     and retrieval mAP (cosine and Euclidean) must agree to ``map_tol``; without it only ``example`` is
     compared. ``fresh``: builds a new model for reading a safetensors file back (default: a deep copy of
     ``model`` with every tensor set to NaN, so a weight missing from the file cannot go unnoticed).
+    ``force``: replace ``path`` (and ``<path>.json``) when they exist; without it an existing file is refused.
     """
     path = Path(path)
     fmt = (format or _format_of(str(path))).lower()
@@ -221,6 +231,11 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise FlowKDError(f"{path} is a directory: give a file name")
+    check_outputs([path, path.with_name(path.name + ".json")], force)
+    check_number("atol", atol, ">= 0")
+    check_number("rtol", rtol, ">= 0")
+    check_number("map_tol", map_tol, ">= 0")
+    check_number("batch_size", batch_size, ">= 1", whole=True)
     made = _first_missing(folder)  # like every flowkd command's output, a missing folder is created ...
     if fmt == "onnx":
         onnx_modules()  # fail on a missing extra before any work

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,25 +16,34 @@ __all__ = ["export_run"]
 
 def export_run(run_dir, model_name: str, path, *, format: str | None = None, output: str = "representation",
                tap: str | None = None, input_dtype: str = "uint8", queries: int = 500, database: int = 2000,
-               int8: bool = False, calibration: int = 512, log=print, **kw) -> dict:
+               int8: bool = False, calibration: int = 512, force: bool = False, log=print, **kw) -> dict:
     """Export model ``model_name`` of a run directory with the weights of the last stage that trained it.
 
     The model is rebuilt from the run's ``config.json`` (arch, width, options; ``auxiliary_of`` resolved),
     the training set's mean/std are baked in, and the check uses a stratified held-out sample of
     ``queries`` test images against ``database`` training images of the run's data. ``int8`` (ONNX only):
     also ``<stem>.int8.onnx``, statically quantised, calibrated on ``calibration`` training images (other
-    than the check's database sample), with its latency and mAP change (flowkd.quantize).
+    than the check's database sample), with its latency and mAP change (flowkd.quantize). ``force``: replace
+    files that exist (without it, an existing output file is refused before any work).
     """
+    from .checks import check_number
     from .config import config_from_dict
+    from .export import check_outputs
     from .data.load import stratified_index
     from .runmodels import RunModels, load_data
-    from .io import load_into
+    from .io import load_into, read_json
 
+    check_number("--queries", queries, ">= 1", whole=True)
+    check_number("--database", database, ">= 1", whole=True)
+    check_number("--calibration", calibration, ">= 1", whole=True)
+    for k in ("atol", "rtol"):
+        if k in kw:
+            check_number(f"--{k}", kw[k], ">= 0")
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FlowKDError(f"{run_dir} is not a run directory (no config.json)")
-    raw = json.loads(cfg_path.read_text())
+    raw = read_json(cfg_path, "the run folder is damaged")
     models = raw.get("models", {})
     if model_name not in models:
         raise FlowKDError(f"run {run_dir} has no model {model_name!r}; its models: {', '.join(models) or '(none)'}")
@@ -47,6 +55,10 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
         raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
     if input_dtype not in ("uint8", "float32"):
         raise FlowKDError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
+    path = Path(path)
+    int8_path = path.with_name(path.stem + ".int8.onnx")
+    check_outputs([path, path.with_name(path.name + ".json")]
+                  + ([int8_path, int8_path.with_name(int8_path.name + ".json")] if int8 else []), force)
     cfg = config_from_dict(raw)
     cfg.fast.channels_last = False  # the exported graph takes plain NCHW images
     stages = [s for s in raw.get("stages", []) if s.get("model") == model_name and sum(s.get("epochs", [])) > 0]
@@ -87,7 +99,8 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or _format_of(str(path))}, "
         f"output {tap if output == 'representation' else 'logits'}")
     rep = export(model, example, path, format=format, output=output, tap=tap,
-                 normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log, **kw)
+                 normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log,
+                 force=force, **kw)
     if int8:
         from .io import atomic_write_json
         from .quantize import quantize_onnx

@@ -27,8 +27,8 @@ from .teachers import as_batch
 
 __all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
-RESTARTS = ("never", "phase", "epoch")
-ANNEALS = ("none", "cosine")
+# the plan's checks live in flowkd.checks (config imports them too); re-exported here for the loop's callers
+from .checks import ANNEALS, RESTARTS, check_anneal_average, check_plan, check_restart  # noqa: E402
 
 
 def phase_at(epoch: int, epochs: Sequence[int]) -> int:
@@ -52,42 +52,6 @@ def lr_at(epoch: int, epochs: Sequence[int], lrs: Sequence[float], anneal: str =
         raise FlowKDError(f"lr_anneal must be one of {', '.join(ANNEALS)}, got {anneal!r}")
     into = epoch - sum(epochs[:i])
     return lrs[i] * 0.5 * (1.0 + math.cos(math.pi * into / epochs[i]))
-
-
-def check_plan(epochs, lr, where: str) -> tuple[list[int], list[float]]:
-    """A stage's learning-rate phases: ``epochs[i]`` (an int >= 0) epochs at ``lr[i]`` (a finite number > 0).
-    A single number stands for a one-phase list."""
-    epochs = [epochs] if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else epochs
-    lr = [lr] if isinstance(lr, (int, float)) and not isinstance(lr, bool) else lr
-    try:
-        epochs, lr = list(epochs), list(lr)
-    except TypeError:
-        raise FlowKDError(f"{where}: epochs and lr must be lists (one entry per phase), got {epochs!r} and {lr!r}") from None
-    if not epochs or len(epochs) != len(lr):
-        raise FlowKDError(f"{where}: epochs {epochs} and lr {lr} must be non-empty lists of equal length "
-                          "(one learning rate per phase)")
-    bad = [e for e in epochs if isinstance(e, bool) or not isinstance(e, int) or e < 0]
-    if bad:
-        raise FlowKDError(f"{where}: epochs must be whole numbers >= 0, got {epochs}")
-    bad = [r for r in lr if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0]
-    if bad:
-        raise FlowKDError(f"{where}: learning rates must be finite numbers > 0, got {lr}")
-    return epochs, [float(r) for r in lr]
-
-
-def check_restart(restart, where: str, option: str = "restart") -> None:
-    """When a stage's optimiser starts afresh: one of :data:`RESTARTS` (``option`` names it in the message)."""
-    if restart not in RESTARTS:
-        raise FlowKDError(f"{where}: {option} must be one of {', '.join(RESTARTS)}, got {restart!r}")
-
-
-def check_anneal_average(anneal, average, epochs: Sequence[int], where: str) -> None:
-    """A stage's ``lr_anneal`` (one of :data:`ANNEALS`) and ``average_last`` (0 to the stage's epochs)."""
-    if anneal not in ANNEALS:
-        raise FlowKDError(f"{where}: lr_anneal must be one of {', '.join(ANNEALS)}, got {anneal!r}")
-    if isinstance(average, bool) or not isinstance(average, int) or not 0 <= average <= sum(epochs):
-        raise FlowKDError(f"{where}: average_last must be a whole number of epochs from 0 to the stage's "
-                          f"{sum(epochs)}, got {average!r}")
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True):

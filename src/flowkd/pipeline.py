@@ -105,11 +105,15 @@ class Pipeline:
         """A network that teaches a stage but has no weights and no training before it learns from noise."""
         cfg, run = self.cfg, self.run_models
         trained: set[str] = {n for n, m in cfg.models.items() if m.weights or m.options.get("pretrained")}
-        for s in cfg.stages:
+        for i, s in enumerate(cfg.stages):
             t = s.teacher if s.kind == "distill" else ""
             if t in run.models and t not in trained and any(True for _ in run.models[t].parameters()):
+                before = [o.name for o in cfg.stages[:i] if o.model == t]
+                later = [o.name for o in cfg.stages[i + 1:] if o.model == t and sum(o.epochs)]
+                why = (f"its stage(s) {', '.join(before)} before this one train 0 epochs" if before else
+                       f"it trains only later, in {', '.join(later)}" if later else "no stage trains it")
                 warn(f"stage {s.name!r} learns from model {t!r}, which has no weights and no training before it "
-                     f"(its stages have 0 epochs): a randomly initialised teacher")
+                     f"({why}; no models.{t}.weights): a randomly initialised teacher")
             if sum(s.epochs):
                 trained.add(s.model)
 
@@ -182,6 +186,12 @@ class Pipeline:
         return trainers, errors
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.rundir.release()  # the run folder's lock (taken when it opens)
+
+    def _run(self) -> dict:
         t_start = time.perf_counter()
         if not self.cfg.models:
             raise FlowKDError("the config defines no [models.NAME]: nothing to train or evaluate "

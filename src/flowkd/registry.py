@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .checks import check_options, typed_options
 from .errors import FlowKDError
 
 __all__ = ["Registry", "closest"]
@@ -45,23 +45,27 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}"
             ) from None
 
-    def options(self, name: str) -> tuple[str, ...]:
-        """The option names the item registered as ``name`` takes: its ``valid_options`` when it declares them,
-        else the keyword parameters of its signature (a dataclass's fields)."""
+    def typed(self, name: str):
+        """What declares the options of the item ``name``: its ``typed`` attribute (the class a factory builds),
+        else the item itself (a dataclass, a class or a function)."""
         obj = self.get(name)
-        declared = getattr(obj, "valid_options", None)
-        if declared is not None:
-            return tuple(declared)
-        params = inspect.signature(obj).parameters.values()
-        return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        return getattr(obj, "typed", obj)
+
+    def options(self, name: str) -> tuple[str, ...]:
+        """The option names the item registered as ``name`` takes: the typed parameters of ``typed(name)``."""
+        return tuple(typed_options(self.typed(name)))
 
     def check_options(self, name: str, options, where: str) -> None:
-        """Fail naming every option that ``name`` does not take, and the options it does take."""
+        """Fail naming every option that ``name`` does not take (and the options it does take); given a dict,
+        each value is checked against its option's declared type and range (``flowkd.checks``), with ``where``
+        as the key's prefix (``stages.student.schedule`` -> ``stages.student.schedule.init must be ...``)."""
         valid = self.options(name)
         unknown = [k for k in options if k not in valid]
         if unknown:
-            raise FlowKDError(f"{where}: {self.kind} {name!r} takes no option {', '.join(map(repr, unknown))}; "
+            raise FlowKDError(f"{where + ': ' if where else ''}{self.kind} {name!r} takes no option {', '.join(map(repr, unknown))}; "
                               f"it takes: {', '.join(valid) if valid else '(none)'}")
+        if isinstance(options, dict):
+            check_options(self.typed(name), options, where or name)
 
     def build(self, name: str, options: dict, where: str):
         """The item ``name`` called with ``options``, after ``check_options``."""

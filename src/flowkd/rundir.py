@@ -8,24 +8,29 @@
     checkpoints/<stage>.partial.pt        the stage's full state after each epoch (removed when it completes)
     state.json          the stages completed (their records), for ``--resume``
     results.json / results.md
+    .lock               the process using the folder (pid, host) while it runs (``RunLock``)
 
-Every file is written atomically (a temp file renamed into place). Only rank 0 writes (``writer``).
+Every file is written atomically (a temp file renamed into place). Only rank 0 writes (``writer``). One process
+at a time uses a run folder: a second ``flowkd run --out`` (with or without ``--resume``) is refused while the
+first is alive; a folder left by a killed process is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import FlowKDError, first_line
-from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
+from .io import read_json, append_jsonl, check_folder, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
 
-__all__ = ["RunDir", "cpu_state", "is_run"]
-
+__all__ = ["RunDir", "RunLock", "cpu_state", "is_run", "first_difference"]
 
 
 def is_run(path: Path) -> bool:
@@ -39,11 +44,116 @@ def is_run(path: Path) -> bool:
         return False
     return isinstance(config, dict) and {"data", "models", "stages"} <= set(config)
 
-DISPLAY_KEYS = ("progress", "tensorboard")  # how a run shows itself, not what it computes: free to change on --resume
+# how a run shows itself and what it evaluates afterwards, not what it trains: free to change on --resume
+FREE_KEYS = ("progress", "tensorboard", "title", "eval")
 
 
 def _compared(config: dict | None) -> dict | None:
-    return None if config is None else {k: v for k, v in config.items() if k not in DISPLAY_KEYS}
+    return None if config is None else {k: v for k, v in config.items() if k not in FREE_KEYS}
+
+
+def first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:
+    """The first dotted key whose value differs between two configs (stages named as ``--set`` names them:
+    ``stages.student.lr``), with its two values; None when they are equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:
+            if k not in new or k not in old:
+                return f"{key}.{k}".lstrip("."), old.get(k, "(absent)"), new.get(k, "(absent)")
+            found = first_difference(old[k], new[k], f"{key}.{k}".lstrip("."))
+            if found:
+                return found
+        return None
+    named = lambda xs: isinstance(xs, list) and all(isinstance(x, dict) and "name" in x for x in xs)  # noqa: E731
+    if named(old) and named(new):
+        return first_difference({x["name"]: x for x in old}, {x["name"]: x for x in new}, key)
+    return None if old == new else (key, old, new)
+
+
+class RunLock:
+    """One process per run folder. ``<run>/.lock`` holds the pid and host of the process using the folder, under
+    an advisory lock (``flock``) that the system drops when that process ends, however it ends: the lock a killed
+    process leaves is taken over by the next one. Where there is no ``flock``, a lock whose pid is dead on this
+    host is taken over."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path):
+        self.folder, self.path, self._file = Path(folder), Path(folder) / self.NAME, None
+
+    def holder(self) -> str:
+        try:
+            who = json.loads(self.path.read_text())
+            return f"process {who['pid']} on host {who['host']}, since {who['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def check_free(self) -> None:
+        """Fail if a live process holds the folder's lock (without taking it)."""
+        if not self.path.is_file():
+            return
+        try:
+            self.acquire()
+        except PermissionError:  # a folder this user cannot write: writing it fails later, with its own line
+            return
+        self.release()
+
+    def _busy(self) -> FlowKDError:
+        return FlowKDError(f"the run folder {self.folder} is in use by {self.holder()}; wait for it to end (or stop "
+                           "it) — a run folder is used by one process at a time")
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            fcntl = None
+        while self._file is None:
+            f = open(self.path, "a+")
+            if fcntl is None:  # pragma: no cover
+                self._acquire_by_pid()
+            else:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.close()
+                    raise self._busy() from None
+                try:  # the holder before may have removed the file between our open and our lock: start again
+                    if os.stat(self.path).st_ino != os.fstat(f.fileno()).st_ino:
+                        f.close()
+                        continue
+                except FileNotFoundError:
+                    f.close()
+                    continue
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+            f.flush()
+            self._file = f
+
+    def _acquire_by_pid(self) -> None:  # pragma: no cover - not POSIX
+        try:
+            who = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            who = {}
+        if who.get("host") == socket.gethostname() and who.get("pid") not in (None, os.getpid()):
+            try:
+                os.kill(int(who["pid"]), 0)
+            except ProcessLookupError:
+                return  # a dead holder: take over
+            except OSError:
+                pass
+            raise self._busy()
+        if who.get("host") not in (None, socket.gethostname()):
+            raise self._busy()
+
+    def release(self) -> None:
+        if self._file is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            finally:
+                self._file.close()
+                self._file = None
+
 
 
 def cpu_state(module: nn.Module) -> dict:
@@ -55,25 +165,20 @@ class RunDir:
         self.path, self.config, self.resume, self.format, self.writer = Path(path), config, resume, weights_format, writer
         self.state: dict = {"completed": {}}
         self.board = None  # a BoardWriter once open() has made the folder, when the config asks for TensorBoard
+        self.lock = RunLock(self.path)
+        self._taken = False
 
     # ---- opening ------------------------------------------------------------------------------------
     def check(self) -> None:
         """Before any work, without writing: the folder must be new, empty, or a flowkd run (then only with
         ``resume``, and only with the same config); its parent must be a writable folder."""
-        path = self.path
-        if path.exists() and not path.is_dir():
-            raise FlowKDError(f"--out {path} is a file, not a folder; choose a new or empty folder for the run")
-        ancestor = path
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise FlowKDError(f"cannot create the run folder {path}: {ancestor} is a file")
+        path = check_folder(self.path, "--out")
         if self.config.get("tensorboard") and self.writer:
             from .board import require
             require()
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise FlowKDError(f"cannot create the run folder {path}: {ancestor} is not writable")
-        entries = sorted(e.name for e in path.iterdir()) if path.is_dir() else []
+        if self.writer and self._taken is False:
+            self.lock.check_free()  # "in use" says more than "already holds a run" while another process trains it
+        entries = sorted(e.name for e in path.iterdir() if e.name != RunLock.NAME) if path.is_dir() else []
         if entries and not is_run(path):
             raise FlowKDError(f"{path} is not empty and is not a flowkd run (it holds {', '.join(entries[:3])}"
                               f"{', ...' if len(entries) > 3 else ''}); choose a new or empty folder for --out")
@@ -81,25 +186,45 @@ class RunDir:
             raise FlowKDError(f"{path} already holds a run; use --resume to continue it or choose another --out")
         state_path = path / "state.json"
         if self.resume and state_path.exists():
-            state = json.loads(state_path.read_text())
-            if _compared(state.get("config")) != _compared(self.config):
-                raise FlowKDError(f"{path}: the config differs from the one the run started with; cannot resume")
+            state = read_json(state_path, "the run folder is damaged (a file edited or cut short by hand?): "
+                                          "start the run again in another --out")
+            diff = first_difference(_compared(state.get("config")), _compared(self.config))
+            if diff:
+                key, old, new = diff
+                raise FlowKDError(f"{path}: cannot resume with another config: {key} was {old!r} when the run "
+                                  f"started and is {new!r} now; set it back (or use another --out)")
             self.state = state
         self.state["config"] = self.config
 
     def open(self, barrier=lambda: None) -> dict:
-        """Create the folder and write ``config.json`` (after ``check``); return the state (stages completed)."""
+        """Create the folder, take its lock, check it again under the lock (another process may have started in it
+        since ``check``) and write ``config.json``; return the state (stages completed). ``release`` ends it."""
         if self.writer:
+            made = not self.path.exists()
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
+                self._taken = True
+                self.check()
                 atomic_write_json(self.path / "config.json", self.config)
                 if self.config.get("tensorboard"):
                     from .board import BoardWriter
                     self.board = BoardWriter(self.path / "tensorboard")
-            except OSError as e:
-                raise FlowKDError(f"cannot write the run folder {self.path}: {e.strerror or first_line(e)}") from None
+            except BaseException as e:
+                self.release()
+                if made:
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()  # only when empty: nothing of anyone's is removed
+                if isinstance(e, OSError):
+                    raise FlowKDError(f"cannot write the run folder {self.path}: {e.strerror or first_line(e)}") from None
+                raise
         barrier()
         return self.state
+
+    def release(self) -> None:
+        """Let another process use the folder (also done by the system when this process ends)."""
+        self.lock.release()
+        self._taken = False
 
     @property
     def completed(self) -> dict:

@@ -7,6 +7,7 @@ import platform
 import time
 import zlib
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,7 +66,16 @@ def load_data(cfg: Config) -> tuple[ArrayDataset, ArrayDataset]:
         keep = sorted(set(range(len(train_set))) - set(held))
         train_set, test_set = train_set.subset(keep), train_set.subset(held)
         test_set.name = "validation"
-    return stratified_subset(train_set, d.train_subset, cfg.seed), stratified_subset(test_set, d.test_subset, cfg.seed + 1)
+    train_set, test_set = (stratified_subset(train_set, d.train_subset, cfg.seed),
+                           stratified_subset(test_set, d.test_subset, cfg.seed + 1))
+    for split, data in (("training", train_set), (test_set.name if test_set.name == "validation" else "test", test_set)):
+        present = torch.unique(data.labels).tolist()
+        if len(present) < 2:
+            name = data.classes[present[0]] if present and present[0] < len(data.classes) else "?"
+            raise FlowKDError(f"the {split} data ({cfg.data.name}{f' at {d.root}' if d.root else ''}) holds one class "
+                              f"only ({name!r}): a classifier learns nothing from it (loss 0) and every retrieval "
+                              "metric would read 100%; give it two classes or more (or a larger data.test_subset)")
+    return train_set, test_set
 
 
 BANK_BATCH = 256  # images per batch of a bank's teacher pass
@@ -181,10 +191,17 @@ class RunModels:
             f"({mib:.1f} MiB on {self.device}) in {time.perf_counter() - t0:.1f}s")
 
 
-def export_features(cfg: Config, name: str, taps: list[str], path, data=None) -> FeatureBank:
+def export_features(cfg: Config, name: str, taps: list[str], path, data=None, force: bool = False) -> FeatureBank:
     """Write model ``name``'s taps on the whole training split (augmentation-free) to ``path`` (.npz or
-    .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``)."""
+    .safetensors), with the labels, for use as precomputed teacher features (``models.X.features``). An
+    existing ``path`` is replaced only with ``force``."""
     from .features import save_features
+    from .io import check_output
+
+    check_output(path, "--out", force=force)
+    if Path(path).suffix not in (".npz", ".safetensors"):
+        raise FlowKDError(f"--out {path}: features are written as .npz or .safetensors, not "
+                          f"{Path(path).suffix or 'a file without a suffix'!r}")
 
     if name not in cfg.models:
         raise FlowKDError(f"unknown model {name!r}; models: {', '.join(cfg.models)}")

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FlowKDError
+from .checks import check_number
+from .errors import FlowKDError, first_line
 from .registry import closest
 
 __all__ = ["DataInfo", "ModelInfo", "parse_spec", "inspect_data", "describe_model", "pair_by_depth",
@@ -113,8 +114,9 @@ def inspect_data(data: str, root: str = "data") -> DataInfo:
                 raise FlowKDError(f"--data {data}: no {d} folder; an image folder holds train/<class>/*.png|jpg "
                                   "and test/<class>/*.png|jpg")
             classes = sorted(e.name for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
-            if not classes:
-                raise FlowKDError(f"--data {data}: {d} has no class folders")
+            if len(classes) < 2:
+                raise FlowKDError(f"--data {data}: {d} has {'no class folders' if not classes else 'one class folder only'}"
+                                  f"; distillation and retrieval need two classes or more (train/<class>/*.png|jpg)")
             splits[split] = (classes, {c: _image_files(d / c) for c in classes})
         (classes, files), (test_classes, test_files) = splits["train"], splits["test"]
         if test_classes != classes:
@@ -127,8 +129,12 @@ def inspect_data(data: str, root: str = "data") -> DataInfo:
             from PIL import Image
         except ImportError:
             raise FlowKDError("reading image folders needs Pillow: pip install 'flowkd[images]'") from None
-        with Image.open(first) as im:
-            mode, (w, h) = im.mode, im.size
+        try:
+            with Image.open(first) as im:
+                mode, (w, h) = im.mode, im.size
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
+            raise FlowKDError(f"--data {data}: cannot decode image {first} ({first_line(e, 120)}); remove or "
+                              "replace it") from None
         if mode not in _MODES:
             raise FlowKDError(f"--data {data}: image mode {mode!r} of {first} is not 'L' or 'RGB'")
         return DataInfo("imagefolder", str(path), _MODES[mode], h, w, classes,
@@ -385,15 +391,16 @@ def render_config(data: DataInfo, teacher: ModelInfo, student: ModelInfo, aux: M
     return "\n".join(L)
 
 
-def write_config(out, *, data: str, teacher: str, student: str, root: str = "data", epochs: int = 0) -> str:
-    """Inspect ``data`` and the two networks, then write the config to ``out`` (refused if it exists)."""
+def write_config(out, *, data: str, teacher: str, student: str, root: str = "data", epochs: int | None = None,
+                 force: bool = False) -> str:
+    """Inspect ``data`` and the two networks, then write the config to ``out`` (an existing file only with
+    ``force``). ``epochs``: every stage one phase of that many epochs (None: the paper's schedule)."""
     from .config import config_from_toml
+    from .io import atomic_write_text, check_output
 
-    out = Path(out)
-    if out.exists():
-        raise FlowKDError(f"{out} already exists; choose another --out or remove it")
-    if epochs < 0:
-        raise FlowKDError(f"--epochs must be positive, got {epochs}")
+    out = check_output(out, "--out", force=force)
+    if epochs is not None:
+        check_number("--epochs", epochs, ">= 1", whole=True)
     if "@" in student:
         raise FlowKDError("--student takes no weights: the student is trained from scratch (give ARCH only)")
     t_arch, t_weights = parse_spec(teacher, "teacher")
@@ -419,11 +426,6 @@ def write_config(out, *, data: str, teacher: str, student: str, root: str = "dat
                      + (["--epochs", str(epochs)] if epochs else []))
     text = render_config(info, t, s, a, aux_of, epochs, src)
     config_from_toml(text, [], str(out))  # what is written parses and validates
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(out, "x", encoding="utf-8") as f:
-            f.write(text)
-    except FileExistsError:
-        raise FlowKDError(f"{out} already exists; choose another --out or remove it") from None
-    os.chmod(out, 0o644)
+    check_output(out, "--out", force=force)  # again: the inspection took a while
+    atomic_write_text(out, text)
     return text

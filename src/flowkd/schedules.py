@@ -7,8 +7,9 @@ the last pair is the final representation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Annotated, Protocol
 
+from .checks import NonNegFloat, PosInt, Range, check_fields
 from .registry import Registry
 
 __all__ = ["Schedule", "CriticalPeriod", "Constant", "AdaptiveCriticalPeriod", "SCHEDULES"]
@@ -29,9 +30,12 @@ class CriticalPeriod:
     the critical period in which the student forms its connections, then fitting and compression.
     """
 
-    init: float = 100.0
-    decay: float = 0.7
-    final: float = 1.0
+    init: NonNegFloat = 100.0
+    decay: Annotated[float, Range("[0, 1]")] = 0.7
+    final: NonNegFloat = 1.0
+
+    def __post_init__(self):
+        check_fields(self)
 
     def __call__(self, epoch: int, n_pairs: int) -> list[float]:
         return [self.init * self.decay**epoch] * (n_pairs - 1) + [self.final]
@@ -42,8 +46,11 @@ class CriticalPeriod:
 class Constant:
     """The same weight for every intermediate pair at every epoch (``final`` for the last pair)."""
 
-    weight: float = 1.0
-    final: float = 1.0
+    weight: NonNegFloat = 1.0
+    final: NonNegFloat = 1.0
+
+    def __post_init__(self):
+        check_fields(self)
 
     def __call__(self, epoch: int, n_pairs: int) -> list[float]:
         return [self.weight] * (n_pairs - 1) + [self.final]
@@ -61,12 +68,15 @@ class AdaptiveCriticalPeriod:
     ``final``. The weights of epoch e depend only on what was observed after epochs 0..e-1.
     """
 
-    init: float = 100.0
-    decay: float = 0.7
-    tol: float = 0.01
-    patience: int = 2
-    final: float = 1.0
+    init: NonNegFloat = 100.0
+    decay: Annotated[float, Range("[0, 1]")] = 0.7
+    tol: NonNegFloat = 0.01
+    patience: PosInt = 2
+    final: NonNegFloat = 1.0
     history: list = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self):
+        check_fields(self)
 
     def observe(self, value: float) -> None:
         self.history.append(float(value))

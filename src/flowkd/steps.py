@@ -59,7 +59,13 @@ class SupervisedStep:
         self.model = model
 
     def __call__(self, batch: Batch) -> dict:
-        ce = F.cross_entropy(self.model(batch.x), batch.y)
+        logits = self.model(batch.x)
+        try:
+            ce = F.cross_entropy(logits, batch.y)
+        except IndexError:  # a label >= the number of outputs (CPU); the labels and the model disagree
+            raise FlowKDError(f"{type(self.model).__name__} gives {logits.shape[-1]} outputs per image, but the labels "
+                              f"go up to {int(batch.y.max())}: build it with num_classes = the data's number of classes"
+                              ) from None
         return {"loss": ce, "ce": ce.detach()}
 
     def close(self) -> None:
@@ -77,6 +83,9 @@ class DistillStep:
 
     def __init__(self, student: nn.Module, teacher, flow: InformationFlowLoss, ce_weight: float = 0.0,
                  inference_teacher: bool = True, gather: Callable | None = None):
+        if teacher is student:
+            raise FlowKDError("DistillStep: the teacher is the student itself; every pair would compare a layer with "
+                              "itself (the loss is 0 and nothing is learnt): give another network as teacher")
         self.teacher = as_teacher(teacher, flow.teacher_taps, inference_teacher)
         self.taps = Taps(student, flow.student_taps)
         device = next((p.device for p in student.parameters()), None)

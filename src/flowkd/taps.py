@@ -73,6 +73,19 @@ def _first_tensor(value):
     raise FlowKDError(f"tap got a {type(value).__name__}, not a tensor")
 
 
+def _output_tensor(value, tap: "TapSpec", module: nn.Module):
+    """A module's output as the one tensor a tap reads; a tuple of several is refused, not cut to its first."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, torch.Tensor):
+        return value
+    what = (f"a {type(value).__name__} of {len(value)}" if isinstance(value, (tuple, list)) else
+            f"a {type(value).__name__}")
+    raise FlowKDError(f"tap {tap.spec!r}: {type(module).__name__} returns {what}, not one tensor (an RNN's (output, "
+                      f"state), attention's (output, weights), ...); tap a submodule that returns the tensor you mean, "
+                      f"or the input of the module that consumes it ('NAME:input')")
+
+
 class Taps:
     """Hooks on ``model`` for each tap spec; ``taps(x)`` returns ``(output, {spec: (N, D) tensor})``.
 
@@ -106,7 +119,7 @@ class Taps:
     def _hook(self, tap: TapSpec):
         def fn(module, inputs, output):
             if self._active:
-                self._store[tap.spec] = tap.adapt(_first_tensor(output))
+                self._store[tap.spec] = tap.adapt(_output_tensor(output, tap, module))
         return fn
 
     def _pre_hook(self, tap: TapSpec):

@@ -306,6 +306,13 @@ def fetch(name: str, root, *, mirror: str | None = None, timeout: float = 60.0, 
     target = root / a.folder
     if present(name, root):
         return target if all((target / f).is_file() for f in a.files) else root
+    from ..io import check_folder
+
+    check_folder(root, "--root")
+    if timeout is not None:
+        from ..checks import check_number
+
+        check_number("--timeout", timeout, "> 0")
     if target.exists():
         missing = next(f for f in a.files if not (target / f).is_file())
         raise FlowKDError(f"{target} exists but is incomplete (no {missing}); remove it and rerun")

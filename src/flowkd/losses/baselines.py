@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import PosFloat, PosInt, check_options
 from ..errors import FlowKDError
 from ..registry import Registry
 from .pkt import PKTLoss
@@ -47,10 +48,9 @@ class HintonKD(nn.Module):
 
     bank_dtype = "float32"  # a bank of teacher views keeps the logits as they are (40 bytes for 10 classes)
 
-    def __init__(self, temperature: float = 4.0):
+    def __init__(self, temperature: PosFloat = 4.0):
         super().__init__()
-        if not float(temperature) > 0:
-            raise FlowKDError(f"kd temperature must be > 0, got {temperature!r}")
+        check_options(HintonKD, {"temperature": temperature}, "kd")
         self.temperature = float(temperature)
 
     def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,8 @@ class FitNetHint(nn.Module):
     to the smaller size. The regressor's parameters are this module's: optimise them with the student.
     """
 
-    def __init__(self, teacher_shape: Sequence[int], student_shape: Sequence[int], kernel_size: int = 1):
+    def __init__(self, teacher_shape: Sequence[int], student_shape: Sequence[int],
+                 kernel_size: PosInt = 1):
         super().__init__()
         try:
             t, s = tuple(int(v) for v in teacher_shape), tuple(int(v) for v in student_shape)
@@ -127,10 +128,9 @@ class AttentionTransfer(nn.Module):
     over samples and positions.
     """
 
-    def __init__(self, p: float = 2):
+    def __init__(self, p: PosFloat = 2.0):
         super().__init__()
-        if not float(p) > 0:
-            raise FlowKDError(f"at p must be > 0, got {p!r}")
+        check_options(AttentionTransfer, {"p": p}, "at")
         self.p = p
 
     def forward(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -168,6 +168,8 @@ class SimilarityPreserving(nn.Module):
     L2-normalised; loss ``||G_t - G_s||_F^2 / N^2``.
     """
 
+    relational = True  # compares the samples of a batch: needs batches of two or more
+
     @staticmethod
     def _gram(x: torch.Tensor) -> torch.Tensor:
         f = x.float().reshape(x.shape[0], -1)
@@ -184,31 +186,24 @@ class SimilarityPreserving(nn.Module):
 PAIR_LOSSES: Registry = Registry("pair loss")
 
 
-def _check_options(name: str, options: dict, valid: Sequence[str]) -> None:
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise FlowKDError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for pair loss {name!r}; "
-            f"valid: {', '.join(valid) if valid else '(none)'}"
-        )
-
-
-def _factory(name: str, valid: Sequence[str], build):
+def _factory(name: str, cls, build):
+    """Register ``build(teacher_shape, student_shape, **options)`` as ``name``; its options are ``cls``'s typed
+    parameters (``PAIR_LOSSES.check_options`` checks names, types and ranges against them)."""
     def factory(teacher_shape, student_shape, **options) -> nn.Module:
-        _check_options(name, options, valid)
+        PAIR_LOSSES.check_options(name, options, "")
         return build(teacher_shape, student_shape, **options)
 
     factory.__name__ = f"make_{name}"
-    factory.valid_options = tuple(valid)
+    factory.typed = cls
     PAIR_LOSSES.register(name)(factory)
     return factory
 
 
-_factory("kd", ("temperature",), lambda t, s, **o: HintonKD(**o))
-_factory("fitnet", ("kernel_size",), lambda t, s, **o: FitNetHint(t, s, **o))
-_factory("at", ("p",), lambda t, s, **o: AttentionTransfer(**o))
-_factory("sp", (), lambda t, s, **o: SimilarityPreserving())
-_factory("pkt", ("kernel", "divergence", "log_eps"), lambda t, s, **o: PKTLoss(**o))
+_factory("kd", HintonKD, lambda t, s, **o: HintonKD(**o))
+_factory("fitnet", FitNetHint, lambda t, s, **o: FitNetHint(t, s, **o))
+_factory("at", AttentionTransfer, lambda t, s, **o: AttentionTransfer(**o))
+_factory("sp", SimilarityPreserving, lambda t, s, **o: SimilarityPreserving())
+_factory("pkt", PKTLoss, lambda t, s, **o: PKTLoss(**o))
 
 
 def make_pair_loss(name: str, teacher_shape=None, student_shape=None, **options) -> nn.Module:

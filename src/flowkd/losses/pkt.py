@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ..checks import NonNegFloat, check_options
 from ..errors import FlowKDError
 from .divergences import DIVERGENCES
 from .fused import pkt_stack, pkt_target
@@ -108,8 +109,12 @@ BATCHED_DIVERGENCES = ("jeffreys", "kl")
 class PKTLoss(torch.nn.Module):
     """``pkt_loss`` as a module with its options fixed."""
 
-    def __init__(self, kernel: str = "combined", divergence: str = "jeffreys", log_eps: float | None = 1e-6):
+    relational = True  # compares the samples of a batch: needs batches of two or more
+
+    def __init__(self, kernel: str = "combined", divergence: str = "jeffreys",
+                 log_eps: NonNegFloat | None = 1e-6):
         super().__init__()
+        check_options(PKTLoss, {"kernel": kernel, "divergence": divergence, "log_eps": log_eps}, "pkt")
         if kernel not in KERNEL_CHOICES:
             raise FlowKDError(f"unknown kernel {kernel!r}; valid: {', '.join(sorted(KERNEL_CHOICES))}")
         DIVERGENCES.get(divergence)

@@ -10,6 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import FlowKDError
+
+
+def _after_blocks(size: int, padding: int) -> int:
+    for _ in range(3):
+        size = (size + 2 * padding - 2) // 2
+    return size
+
 from ._registry import register_model
 
 __all__ = ["SmallCNN"]
@@ -39,11 +47,12 @@ class SmallCNN(nn.Module):
         self.conv3, self.conv3_bn = nn.Conv2d(c2, c3, 3, padding=padding), nn.BatchNorm2d(c3)
         self.conv1_relu, self.conv2_relu, self.conv3_relu = nn.ReLU(), nn.ReLU(), nn.ReLU()
         self.pool1, self.pool2, self.pool3 = nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)
-        size = in_size
-        for _ in range(3):
-            size = (size + 2 * padding - 2) // 2
+        size = _after_blocks(in_size, padding)
         if size < 1:
-            raise ValueError(f"input size {in_size} is too small for three conv+pool blocks with padding {padding}")
+            least = next(s for s in range(1, 1000) if _after_blocks(s, padding) >= 1)
+            raise FlowKDError(f"{in_size}x{in_size} images are too small for this CNN's three conv+pool blocks "
+                              f"(padding {padding}): it needs at least {least}x{least}; pick a model for small "
+                              "images (e.g. digits_cnn) or larger images")
         self.fc1 = nn.Linear(c3 * size * size, hidden)
         self.fc1_relu = nn.ReLU()
         self.fc2 = nn.Linear(hidden, num_classes)

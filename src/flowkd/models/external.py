@@ -141,8 +141,13 @@ def create_external(name: str, *, num_classes: int, in_channels: int, in_size: i
     kw = {k: v for k, v in offered.items() if takes_all or k in params}
     try:
         made = obj(**{**kw, **options})
+    except FlowKDError:
+        raise
     except TypeError as e:
         raise FlowKDError(f"model {name!r}: calling {module}.{attr}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's factory, any failure: its own words, on one line
+        raise FlowKDError(f"model {name!r}: {module}.{attr}({', '.join(f'{k}={v!r}' for k, v in {**kw, **options}.items())}) "
+                          f"raised {type(e).__name__}: {first_line(e, 200)}") from None
     if isinstance(made, nn.Module):
         return made
     if callable(made):
