@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import FlowKDError
 from .flow import InformationFlowLoss
 from .taps import Taps
 from .teachers import Batch, as_teacher

@@ -258,7 +258,6 @@ class Loader:
         return views
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.data)
         dev = self.data.images.device
         order, drawn = self._draw(self.epoch)
         order = order.to(dev) if order is not None else None
