@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .steps import Step
 from .taps import unwrap
 from .teachers import as_batch
 
-__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
+__all__ = ["train", "Trainer", "run_epochs", "one_at_a_time", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
 RESTARTS = ("never", "phase", "epoch")
 ANNEALS = ("none", "cosine")
@@ -335,17 +335,60 @@ def train(
                  cuda_graph=cuda_graph, anneal=anneal, average=average, loss=loss)
     if resume is not None:
         tr.load_state_dict(resume)
-    for epoch in range(tr.first, tr.total):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        tr.begin(epoch)
-        t0 = time.perf_counter()
-        for batch in progress(loader, f"{name} {epoch + 1}/{tr.total}", total=len(loader), enabled=show_progress):
-            tr.batch(batch)
-        tr.end(epoch, time.perf_counter() - t0)
+    errors = run_epochs(loader, [tr], show_progress=show_progress)  # a cohort of one
+    if errors:
+        raise next(iter(errors.values()))
     if (show_progress if summary is None else summary) and tr.records:
         print(tr.summary())
     return tr.records
+
+
+def one_at_a_time(loader, active: Sequence[Trainer], cost: dict[str, float]) -> Iterator[None]:
+    """One pass of ``loader``: each batch (one :class:`~flowkd.teachers.Batch`, so one memo, for every trainer)
+    stepped by each trainer in turn; yields after each batch."""
+    for batch in loader:
+        batch = as_batch(batch)
+        for t in active:
+            t.batch(batch)
+        yield
+
+
+def run_epochs(loader, trainers: Sequence[Trainer], *, show_progress: bool = True,
+               on_failure: Callable[[Trainer, FlowKDError], None] | None = None,
+               run_epoch: Callable[..., Iterator[None]] = one_at_a_time) -> dict[str, FlowKDError]:
+    """The one epoch loop, for one trainer (:func:`train`) or a cohort of them over the same batches
+    (``flowkd.cohort``): each epoch, the loader's epoch, every trainer's ``begin``, one pass of the batches
+    (``run_epoch(loader, active, cost)``: :func:`one_at_a_time`, or the cohort's students side by side, given
+    ``cost``, each trainer's step time in the epoch before), every trainer's ``end``. A trainer resumed further
+    on skips the epochs it has done; one with fewer epochs stops earlier; one that fails (a non-finite loss)
+    stops with its error, the others go on. Returns the errors by trainer name."""
+    failed: dict[str, FlowKDError] = {}
+    cost: dict[str, float] = {}
+    total = max(t.total for t in trainers)
+    names = ", ".join(t.name for t in trainers)
+    for epoch in range(min(t.first for t in trainers), total):
+        active = [t for t in trainers if t.first <= epoch < t.total and t.name not in failed]
+        if not active:
+            continue
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for t in active:
+            t.begin(epoch)
+        t0 = time.perf_counter()
+        label = active[0].name if len(trainers) == 1 else f"cohort ({names})"
+        for _ in progress(run_epoch(loader, active, cost), f"{label} {epoch + 1}/{total}", total=len(loader),
+                          enabled=show_progress):
+            pass
+        wall = time.perf_counter() - t0 if len(active) == 1 else None  # alone: the epoch's wall time
+        cost = {t.name: t.time_s for t in active}
+        for t in active:
+            try:
+                t.end(epoch, wall)
+            except FlowKDError as e:
+                failed[t.name] = e
+                if on_failure is not None:
+                    on_failure(t, e)
+    return failed
 
 
 def _snapshot(x):
