@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from .errors import FlowKDError
-from .onnx_io import ImageEncoder, _temp_in, _trace, _write_onnx, onnx_modules
+from .onnx_io import ImageEncoder, temp_in, trace_encoder, write_onnx, onnx_modules
 from .taps import default_representation, parse_tap
 
-__all__ = ["export", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported"]
+__all__ = ["export", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported", "format_of"]
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -70,7 +70,7 @@ def load_exported(path, fmt: str | None = None, *, fresh: Callable[[], nn.Module
     into ``fresh()``, a newly built model, wrapped as the metadata says (tap, normalisation).
     """
     path = str(path)
-    fmt = fmt or _format_of(path)
+    fmt = fmt or format_of(path)
     if fmt == "onnx":
         _, ort = onnx_modules("running an ONNX model")
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -113,7 +113,7 @@ def load_exported(path, fmt: str | None = None, *, fresh: Callable[[], nn.Module
     raise FlowKDError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
-def _format_of(path: str) -> str:
+def format_of(path: str) -> str:
     for fmt, suf in SUFFIXES.items():
         if path.endswith(suf):
             return fmt
@@ -213,7 +213,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
     ``model`` with every tensor set to NaN, so a weight missing from the file cannot go unnoticed).
     """
     path = Path(path)
-    fmt = (format or _format_of(str(path))).lower()
+    fmt = (format or format_of(str(path))).lower()
     if fmt not in FORMATS:
         raise FlowKDError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if output not in ("representation", "logits"):
@@ -256,7 +256,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
                 for t in [*m.parameters(), *m.buffers()]:
                     t.fill_(float("nan") if t.is_floating_point() else 0)
             return m
-    tmp = _temp_in(folder, path.name)
+    tmp = temp_in(folder, path.name)
     side = side_tmp = None
     try:
         if fmt == "safetensors":
@@ -264,9 +264,9 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
                 encoder(example)  # the model runs on this input at all (tap fires, shapes fit)
             _write_safetensors(model, tmp, meta)
         else:
-            program = _trace(encoder, example)
+            program = trace_encoder(encoder, example)
             if fmt == "onnx":
-                _write_onnx(encoder, example, program, tmp, meta, opset)
+                write_onnx(encoder, example, program, tmp, meta, opset)
             else:
                 _write_torchscript(encoder, example, tmp, meta)
         run = load_exported(tmp, fmt, fresh=fresh)
@@ -275,7 +275,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
             meta["output"]["dim"] = list(encoder(example[:2]).shape[1:])
         meta["check"] = report
         side = path.with_name(path.name + ".json")
-        side_tmp = _temp_in(folder, side.name)
+        side_tmp = temp_in(folder, side.name)
         Path(side_tmp).write_text(json.dumps(meta, indent=2) + "\n")
         for t in (tmp, side_tmp):
             os.chmod(t, 0o644)
