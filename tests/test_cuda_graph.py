@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowkd import CriticalPeriod, DistillStep, EpochValue, InformationFlowLoss, SupervisedStep, train
+from flowkd import CriticalPeriod, DistillStep, InformationFlowLoss, SupervisedStep, train
 from flowkd.cli import main
 from flowkd.data.arrays import ArrayDataset, Loader
 from flowkd.graphs import StepGraph
@@ -108,12 +108,15 @@ def test_a_captured_step_serves_epochs_until_what_it_fixed_changes(kind, fresh, 
 
 
 class ScaledStep:
-    """A user's step with a per-epoch value of its own (a loss scale): the loop writes it, a capture reads it."""
+    """A user's step with a per-epoch value of its own (a loss scale): written in place at each epoch's start,
+    a capture reads it."""
 
     def __init__(self, model):
         self.base = SupervisedStep(model)
         self.scale = torch.ones(1)
-        self.per_epoch = (EpochValue(self.scale, lambda epoch: [epoch + 1.0]),)
+
+    def begin_epoch(self, epoch, records=()):
+        self.scale.fill_(epoch + 1.0)
 
     def __call__(self, batch):
         return {"loss": self.base(batch)["loss"] * self.scale[0]}
@@ -205,9 +208,10 @@ def test_restarting_the_optimiser_in_place_equals_a_new_optimiser_each_epoch_wit
     kw = dict(lr=[1e-2], optimizer=optimizer, restart="epoch", show_progress=False)
     once = train(student, loader, step, epochs=[3], **kw)
     reference, step2, loader2 = setup()
-    each = []
+    saved = {}
     for e in range(3):  # one epoch per call, each with a new optimiser
-        each += train(reference, loader2, step2, epochs=[e + 1], resume={"epoch": e - 1, "optimizer": None} if e else None, **kw)
+        each = train(reference, loader2, step2, epochs=[e + 1], resume=saved.get("state"),
+                     checkpoint=lambda t: saved.update(state=t.state_dict()), **kw)
     assert [r["loss"] for r in once] == [r["loss"] for r in each]
     for (k, a), b in zip(student.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(a, b), k

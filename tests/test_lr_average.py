@@ -58,10 +58,9 @@ def test_a_resumed_average_continues_exactly():
     model, step, loader = _setup()
     saved = {}
 
-    def checkpoint(epoch, opt):
-        if epoch == 2:  # killed after the first averaged epoch
-            saved.update(epoch=epoch, optimizer=opt.state_dict(), average=tr.average_state(),
-                         model={k: v.clone() for k, v in model.state_dict().items()})
+    def checkpoint(trainer):
+        if trainer.done == 2:  # killed after the first averaged epoch
+            saved.update(trainer.state_dict())
 
     tr = Trainer(model, step, epochs=[5], lr=[1e-2], average=3, checkpoint=checkpoint)
     for e in range(3):
@@ -71,9 +70,7 @@ def test_a_resumed_average_continues_exactly():
             tr.batch(b)
         tr.end(e)
     model2, step2, loader2 = _setup()
-    model2.load_state_dict(saved["model"])
-    train(model2, loader2, step2, epochs=[5], lr=[1e-2], average=3, show_progress=False,
-          resume={"epoch": 2, "optimizer": saved["optimizer"], "average": saved["average"]})
+    train(model2, loader2, step2, epochs=[5], lr=[1e-2], average=3, show_progress=False, resume=saved)
     for k, v in model2.state_dict().items():
         assert torch.equal(v, whole[k]), k
 

@@ -79,3 +79,37 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
     code = main(["eval", "--model", "digits_cnn", "--weights", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and f"cannot read weights {bad}" in err and "pwned" not in err
+
+
+def test_a_trainer_state_resumes_the_whole_stage():
+    """Trainer.state_dict() is the stage's whole training state: a fresh trainer (fresh model, another random
+    state) loaded with it ends where an uninterrupted one does, with every epoch's record and the training time
+    of both segments; its weights, the dropout draws and the records are the uninterrupted run's."""
+    from flowkd import SupervisedStep, train
+    from flowkd.data.arrays import ArrayDataset, Loader
+
+    def setup():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                  torch.nn.Linear(12, 3))
+        g = torch.Generator().manual_seed(1)
+        data = ArrayDataset(torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8, generator=g),
+                            torch.arange(60) % 3, list("abc"))
+        return net, SupervisedStep(net), Loader(data, 16, shuffle=True, augment=True, pad=1, seed=2)
+
+    kw = dict(epochs=[2, 2], lr=[1e-2, 1e-3], show_progress=False, average=2)
+    net, step, loader = setup()
+    whole = train(net, loader, step, **kw)
+    saved = {}
+    net1, step1, loader1 = setup()
+    train(net1, loader1, step1, **kw, checkpoint=lambda t: t.done == 2 and saved.update(t.state_dict()))
+    net2, step2, loader2 = setup()
+    torch.manual_seed(99)  # whatever the random state now: the saved one is restored
+    final = {}
+    resumed = train(net2, loader2, step2, **kw, resume=saved, checkpoint=lambda t: final.update(t.state_dict()))
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, net2.state_dict()[k]), k
+    assert saved["epoch"] == 2 and len(saved["records"]) == 3 and final["epoch"] == 3
+    assert final["train_s"] > saved["train_s"] > 0  # the stage's time: both segments

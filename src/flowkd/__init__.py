@@ -17,7 +17,7 @@ from .losses import PKTLoss, pkt_loss
 from .models import create_model
 from .pipeline import Pipeline
 from .schedules import Constant, CriticalPeriod
-from .steps import DistillStep, EpochValue, Step, SupervisedStep
+from .steps import DistillStep, Step, SupervisedStep
 from .taps import FrozenTaps, Taps, frozen_taps
 from .teachers import Teacher, as_teacher
 
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "pkt_loss", "PKTLoss", "InformationFlowLoss", "CriticalPeriod", "Constant", "Taps", "FrozenTaps", "frozen_taps",
-    "make_auxiliary", "create_model", "train", "Step", "EpochValue", "SupervisedStep", "DistillStep",
+    "make_auxiliary", "create_model", "train", "Step", "SupervisedStep", "DistillStep",
     "ArrayDataset", "Loader", "Batch", "Teacher", "as_teacher",
     "Pipeline", "Config", "load_config", "FlowKDError", "FeatureBank", "load_features", "save_features",
     "compute_features", "export", "export_run", "model_cost", "__version__",

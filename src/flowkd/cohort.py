@@ -24,14 +24,13 @@ students one at a time (on the same threads, so the run stays reproducible).
 from __future__ import annotations
 
 import contextlib
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .errors import FlowKDError
-from .loop import Trainer, progress
+from .loop import Trainer, run_epochs
 from .stages import Stage
 from .teachers import SharedTeacher, as_batch, as_teacher
 
@@ -194,9 +193,8 @@ def train_cohort(loader, trainers: Sequence[Trainer], *, show_progress: bool = T
                  on_failure: Callable[[Trainer, FlowKDError], None] | None = None,
                  workers: int = 1, threads: int | None = None, teachers: Sequence[SharedTeacher] = (),
                  log: Callable[[str], None] = print) -> dict[str, FlowKDError]:
-    """Train every trainer over the same batches of ``loader``, epoch by epoch (a trainer resumed further on
-    skips the epochs it has done; one with fewer epochs stops earlier). Returns the errors of the trainers
-    that failed, by name; the others run to their end.
+    """Train every trainer over the same batches of ``loader`` (``flowkd.loop.run_epochs``, the one epoch
+    loop); returns the errors of the trainers that failed, by name; the others run to their end.
 
     ``workers`` > 1: the students step side by side on that many worker threads, each running its operations
     on ``threads`` threads; the batches (and ``teachers``' taps for them) are made as tasks of the same workers
@@ -205,43 +203,7 @@ def train_cohort(loader, trainers: Sequence[Trainer], *, show_progress: bool = T
         threads = threads or _per_worker(workers)
         with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,),
                                 thread_name_prefix="flowkd-student") as pool:
-            return _train(loader, trainers, show_progress, on_failure, pool, teachers, log)
-    return _train(loader, trainers, show_progress, on_failure, None, teachers, log)
-
-
-def _train(loader, trainers, show_progress, on_failure, pool, teachers, log) -> dict[str, FlowKDError]:
-    failed: dict[str, FlowKDError] = {}
-    side = _SideBySide(pool, teachers, log) if pool is not None else None
-    cost: dict[str, float] = {}
-    first = min(t.first for t in trainers)
-    total = max(t.total for t in trainers)
-    names = ", ".join(t.name for t in trainers)
-    for epoch in range(first, total):
-        active = [t for t in trainers if t.first <= epoch < t.total and t.name not in failed]
-        if not active:
-            continue
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for t in active:
-            t.begin(epoch)
-        t0 = time.perf_counter()
-        label = active[0].name if len(trainers) == 1 else f"cohort ({names})"
-        bar = dict(desc=f"{label} {epoch + 1}/{total}", total=len(loader), enabled=show_progress)
-        if side is None:
-            for batch in progress(loader, **bar):
-                batch = as_batch(batch)  # one Batch (one memo) for every student
-                for t in active:
-                    t.batch(batch)
-        else:
-            for _ in progress(side.epoch(loader, active, cost), **bar):
-                pass
-        wall = time.perf_counter() - t0 if len(active) == 1 else None  # alone: the epoch's wall time
-        cost = {t.name: t.time_s for t in active}
-        for t in active:
-            try:
-                t.end(epoch, wall)
-            except FlowKDError as e:
-                failed[t.name] = e
-                if on_failure is not None:
-                    on_failure(t, e)
-    return failed
+            side = _SideBySide(pool, teachers, log)
+            return run_epochs(loader, trainers, show_progress=show_progress, on_failure=on_failure,
+                              run_epoch=side.epoch)
+    return run_epochs(loader, trainers, show_progress=show_progress, on_failure=on_failure)

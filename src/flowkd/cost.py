@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import FlowKDError
 
-__all__ = ["model_cost", "count_macs", "state_dict_bytes", "MACS_NOTE"]
+__all__ = ["model_cost", "count_macs", "state_dict_bytes", "median_ms", "MACS_NOTE"]
 
 MACS_NOTE = "MACs per image = FLOPs / 2 from torch.utils.flop_counter.FlopCounterMode (conv / linear / matmul)"
 
@@ -48,7 +48,7 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buf.tell()
 
 
-def _median_ms(fn, *, warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> tuple[float, int]:
+def median_ms(fn, *, warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> tuple[float, int]:
     """Median wall time of ``fn()`` in ms over repeated warm runs: ``warmup`` runs first, then as many runs as
     fit in ``budget_s`` (between ``min_repeats`` and ``max_repeats``)."""
     for _ in range(max(1, warmup)):
@@ -92,7 +92,7 @@ def model_cost(model: nn.Module, input_shape, *, onnx: bool = True, batch: int =
         try:
             with torch.inference_mode():
                 for n, x in inputs.items():
-                    ms, reps = _median_ms(lambda: m(x), **timing)
+                    ms, reps = median_ms(lambda: m(x), **timing)
                     res["latency_ms"].setdefault("pytorch", {})[str(n)] = round(ms, 4)
                     res["repeats"].setdefault("pytorch", {})[str(n)] = reps
         finally:
@@ -103,7 +103,7 @@ def model_cost(model: nn.Module, input_shape, *, onnx: bool = True, batch: int =
 
 
 def _onnx_cost(model: nn.Module, inputs: dict, res: dict, timing: dict | None) -> None:
-    from .onnx_io import ImageEncoder, _trace, _write_onnx, onnx_modules
+    from .onnx_io import ImageEncoder, trace_encoder, write_onnx, onnx_modules
 
     _, ort = onnx_modules("the ONNX cost columns")
     with tempfile.TemporaryDirectory(prefix="flowkd-cost-") as tmp:
@@ -111,7 +111,7 @@ def _onnx_cost(model: nn.Module, inputs: dict, res: dict, timing: dict | None) -
         enc = ImageEncoder(model).eval()  # the model's own forward, on normalised float input
         example = torch.cat([inputs[1], inputs[1]])
         try:
-            _write_onnx(enc, example, _trace(enc, example), path, {"purpose": "cost"}, None)
+            write_onnx(enc, example, trace_encoder(enc, example), path, {"purpose": "cost"}, None)
         except FlowKDError as e:
             res["onnx_error"] = str(e)
             return
@@ -126,6 +126,6 @@ def _onnx_cost(model: nn.Module, inputs: dict, res: dict, timing: dict | None) -
         name = sess.get_inputs()[0].name
         for n, x in inputs.items():
             feed = {name: np.ascontiguousarray(x.numpy())}
-            ms, reps = _median_ms(lambda: sess.run(None, feed), **timing)
+            ms, reps = median_ms(lambda: sess.run(None, feed), **timing)
             res["latency_ms"].setdefault("onnxruntime", {})[str(n)] = round(ms, 4)
             res["repeats"].setdefault("onnxruntime", {})[str(n)] = reps

@@ -32,10 +32,10 @@ from torch import nn
 from .checks import check_number
 from .errors import FlowKDError, first_line
 from .io import check_output
-from .onnx_io import ImageEncoder, _temp_in, _trace, _write_onnx, onnx_modules
+from .onnx_io import ImageEncoder, temp_in, trace_encoder, write_onnx, onnx_modules
 from .taps import default_representation, parse_tap
 
-__all__ = ["export", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported"]
+__all__ = ["export", "ImageEncoder", "FORMATS", "onnx_modules", "load_exported", "format_of"]
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -72,7 +72,7 @@ def load_exported(path, fmt: str | None = None, *, fresh: Callable[[], nn.Module
     into ``fresh()``, a newly built model, wrapped as the metadata says (tap, normalisation).
     """
     path = str(path)
-    fmt = fmt or _format_of(path)
+    fmt = fmt or format_of(path)
     if fmt == "onnx":
         _, ort = onnx_modules("running an ONNX model")
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -115,7 +115,7 @@ def load_exported(path, fmt: str | None = None, *, fresh: Callable[[], nn.Module
     raise FlowKDError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
-def _format_of(path: str) -> str:
+def format_of(path: str) -> str:
     for fmt, suf in SUFFIXES.items():
         if path.endswith(suf):
             return fmt
@@ -223,7 +223,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
     ``force``: replace ``path`` (and ``<path>.json``) when they exist; without it an existing file is refused.
     """
     path = Path(path)
-    fmt = (format or _format_of(str(path))).lower()
+    fmt = (format or format_of(str(path))).lower()
     if fmt not in FORMATS:
         raise FlowKDError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if output not in ("representation", "logits"):
@@ -275,7 +275,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FlowKDError(f"cannot create the output folder {folder}: {e.strerror or first_line(e)}") from None
-    tmp = _temp_in(folder, path.name)
+    tmp = temp_in(folder, path.name)
     side = side_tmp = None
     try:
         if fmt == "safetensors":
@@ -283,9 +283,9 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
                 encoder(example)  # the model runs on this input at all (tap fires, shapes fit)
             _write_safetensors(model, tmp, meta)
         else:
-            program = _trace(encoder, example)
+            program = trace_encoder(encoder, example)
             if fmt == "onnx":
-                _write_onnx(encoder, example, program, tmp, meta, opset)
+                write_onnx(encoder, example, program, tmp, meta, opset)
             else:
                 _write_torchscript(encoder, example, tmp, meta)
         run = load_exported(tmp, fmt, fresh=fresh)
@@ -294,7 +294,7 @@ def export(model: nn.Module, example: torch.Tensor, path, *, format: str | None 
             meta["output"]["dim"] = list(encoder(example[:2]).shape[1:])
         meta["check"] = report
         side = path.with_name(path.name + ".json")
-        side_tmp = _temp_in(folder, side.name)
+        side_tmp = temp_in(folder, side.name)
         Path(side_tmp).write_text(json.dumps(meta, indent=2) + "\n")
         for t in (tmp, side_tmp):
             os.chmod(t, 0o644)

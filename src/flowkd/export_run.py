@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import FlowKDError
-from .export import _format_of, export
+from .export import format_of, export
 from .taps import default_representation
 
 __all__ = ["export_run"]
@@ -50,7 +50,7 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
     m = models[model_name]
     if m.get("features"):
         raise FlowKDError(f"model {model_name!r} is precomputed features ({m['features']}), not a network")
-    fmt = (format or _format_of(str(path))).lower()
+    fmt = (format or format_of(str(path))).lower()
     if int8 and fmt != "onnx":
         raise FlowKDError(f"--int8 needs --format onnx (got {fmt})")
     if input_dtype not in ("uint8", "float32"):
@@ -96,7 +96,7 @@ def export_run(run_dir, model_name: str, path, *, format: str | None = None, out
                       "run_dir": str(run_dir), "stage": stage, "weights": str(weights) if weights else None},
             "data": {"name": cfg.data.name, "classes": list(train_set.classes)}}
 
-    log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or _format_of(str(path))}, "
+    log(f"exporting {model_name!r} ({arch} x{width:g}, weights {weights or 'none'}) as {format or format_of(str(path))}, "
         f"output {tap if output == 'representation' else 'logits'}")
     rep = export(model, example, path, format=format, output=output, tap=tap,
                  normalize=(train_set.mean, train_set.std), check=(q, db), fresh=fresh, metadata=meta, log=log,

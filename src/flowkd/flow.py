@@ -56,8 +56,8 @@ class InformationFlowLoss(nn.Module):
         self.pair_losses = nn.ModuleList(pair_losses)
         self.term = term
         self.names = [f"{t}~{s}" for t, s in pairs]
-        # the pairs' weights of the current epoch: device memory the training loop writes before each epoch
-        # (see flowkd.steps.EpochValue), so a captured step reads each epoch's weights without re-capture
+        # the pairs' weights of the current epoch: device memory written in place by begin_epoch before each
+        # epoch, so a captured step reads each epoch's weights without re-capture
         self.register_buffer("weight_buffer", torch.tensor(self.weights(0), dtype=torch.float32), persistent=False)
         # the default (one combined-kernel PKT for every pair): all pairs computed together, see pkt_pairs
         first = self.pair_losses[0]
@@ -73,6 +73,19 @@ class InformationFlowLoss(nn.Module):
     def student_taps(self) -> list[str]:
         return list(dict.fromkeys(s for _, s in self.pairs))
 
+    @property
+    def follows(self) -> str:
+        """The per-epoch record value the schedule follows (``"flow_mi"`` for the adaptive critical period), or
+        "" for a schedule that is a pure function of the epoch."""
+        return getattr(self.schedule, "follows", "")
+
+    def begin_epoch(self, epoch: int, records: Sequence[dict] = ()) -> None:
+        """Before ``epoch``: a schedule that follows the training sees the values of the epochs before
+        (``records``), then the pairs' weights of ``epoch`` go into ``weight_buffer`` in place."""
+        if self.follows:
+            self.schedule.follow([r[self.follows] for r in records if self.follows in r])
+        self.weight_buffer.copy_(torch.as_tensor(self.weights(epoch), dtype=self.weight_buffer.dtype))
+
     def weights(self, epoch: int) -> list[float]:
         w = list(self.schedule(epoch, len(self.pairs)))
         if len(w) != len(self.pairs):
@@ -83,8 +96,7 @@ class InformationFlowLoss(nn.Module):
         self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], epoch: int | None = None,
         *, memo: Memo | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The weighted sum. The weights are ``weight_buffer`` (what the training loop writes before each
-        epoch), or the schedule's weights at ``epoch`` when one is given (for use outside the loop).
+        """The weighted sum. The weights are ``weight_buffer`` (written by :meth:`begin_epoch`), or the schedule's weights at ``epoch`` when one is given (for use outside the loop).
         ``memo`` (the batch's, ``flowkd.teachers.Batch.memo``) keeps the teachers' side of the PKT stack: the
         students of a cohort are handed the same batch and, reading the same teacher tensors, compute it once
         (the same values as computing it here)."""

@@ -13,7 +13,7 @@ from .errors import FlowKDError, first_line
 from .steps import Step
 from .teachers import Batch
 
-__all__ = ["StepGraph", "one_step"]
+__all__ = ["StepGraph", "GraphSteps", "one_step"]
 
 
 class StepGraph:
@@ -47,7 +47,7 @@ class StepGraph:
         return out
 
 
-class _GraphSteps:
+class GraphSteps:
     """Captured steps of one stage: one per batch shape, kept from epoch to epoch while nothing they have fixed
     changes (the optimiser object and the learning rate; the step's per-epoch values live in device memory the
     loop writes). A shape's first batch runs eagerly (warm-up; it also creates the gradients and the

@@ -1,9 +1,9 @@
 """The one training loop. Every stage and every baseline is a step (``flowkd.steps``) plugged into it.
 
 ``step(batch) -> {"loss": tensor, other named terms...}``, ``batch`` a :class:`~flowkd.teachers.Batch` (what
-flowkd's ``Loader`` yields; a plain iterable's ``(x, y[, index])`` tuples are made into one). The loop owns every per-epoch value: the learning rate
-of each phase, the optimiser and its restarts, and the step's ``per_epoch`` buffers (the layer pairs'
-weights), written before each epoch; plus the epoch averages of every term, the non-finite check, and the
+flowkd's ``Loader`` yields; a plain iterable's ``(x, y[, index])`` tuples are made into one). The loop owns
+every per-epoch value: the learning rate of each phase, the optimiser and its restarts, and the step's
+``begin_epoch`` (where it writes the layer pairs' weights) before each epoch; plus the epoch averages of every term, the non-finite check, and the
 progress bar. Eager and captured (CUDA graph) training share one step function, ``one_step`` (``flowkd.graphs``).
 (Just over 300 lines: the plan's rules — phases, annealing, restarts, averaging — and the Trainer that applies
 them are read together.)
@@ -15,17 +15,18 @@ import contextlib
 import math
 import sys
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .errors import FlowKDError
-from .graphs import StepGraph, _GraphSteps, one_step
+from .graphs import GraphSteps, StepGraph, one_step
 from .steps import Step
+from .taps import unwrap
 from .teachers import as_batch
 
-__all__ = ["train", "Trainer", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
+__all__ = ["train", "Trainer", "run_epochs", "one_at_a_time", "lr_at", "phase_at", "check_plan", "check_anneal_average", "check_restart", "progress", "StepGraph", "RESTARTS", "ANNEALS"]
 
 # the plan's checks live in flowkd.checks (config imports them too); re-exported here for the loop's callers
 from .checks import ANNEALS, RESTARTS, check_anneal_average, check_plan, check_restart  # noqa: E402
@@ -95,48 +96,80 @@ def _restart(opt: torch.optim.Optimizer) -> None:
                 v.zero_()
 
 
+_STATE_KEYS = ("epoch", "model", "loss", "optimizer", "rng", "records", "average", "train_s")
+
+
 class Trainer:
     """One model's training, epoch by epoch, over batches it is handed: ``begin(epoch)``, ``batch(b)`` per
-    batch, ``end(epoch)``. :func:`train` drives one over a loader; ``flowkd.cohort`` drives several over the
-    same batches. The arguments are :func:`train`'s."""
+    batch, ``end(epoch)``. :func:`run_epochs` drives one or several over the same batches (:func:`train`: one).
+    The arguments are :func:`train`'s; ``loss``: a loss module with state of its own (a trainable part, e.g.
+    FitNets' regressor), saved and restored with the model.
+
+    The trainer owns the stage's whole training state: ``state_dict()`` (the model, the loss, the optimiser,
+    the random state, the records, the weight average, the training time so far, after the last complete
+    epoch) is what a checkpoint saves, and ``load_state_dict()`` continues from it exactly."""
 
     def __init__(self, model: nn.Module, step: Step, *, epochs, lr, optimizer: str = "adam", weight_decay: float = 0.0,
                  restart: str = "never", params=None, on_epoch=None, name: str = "train", autocast=None,
-                 resume: dict | None = None, checkpoint=None, cuda_graph: bool | type[StepGraph] = False,
-                 anneal: str = "none", average: int = 0):
+                 checkpoint=None, cuda_graph: bool | type[StepGraph] = False, anneal: str = "none", average: int = 0,
+                 loss: nn.Module | None = None):
         self.epochs, self.lr = check_plan(epochs, lr, name)
         check_anneal_average(anneal, average, self.epochs, name)
         self.anneal, self.average = anneal, average
         self.avg, self.n_avg = None, 0  # the running mean of the last epochs' weights
         check_restart(restart, name)
-        self.model, self.step, self.name, self.restart = model, step, name, restart
+        self.model, self.step, self.name, self.restart, self.loss = model, step, name, restart, loss
         self.optimizer, self.weight_decay, self.on_epoch, self.checkpoint = optimizer, weight_decay, on_epoch, checkpoint
         self.params = list(params) if params is not None else list(model.parameters())
         graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
-        self.graphs = _GraphSteps(graph_cls) if graph_cls is not None else None
+        self.graphs = GraphSteps(graph_cls) if graph_cls is not None else None
         self.capturable = graph_cls is StepGraph
         # a captured step re-casts the weights at every replay: no autocast weight cache across the capture
         self.ctx = (lambda: torch.autocast(device_type=self.params[0].device.type, dtype=autocast,
                                            cache_enabled=graph_cls is None)
                     if autocast is not None else contextlib.nullcontext())
-        self.per_epoch = getattr(step, "per_epoch", ())  # a plain function has no per-epoch value
         self.total = int(sum(self.epochs))
-        self.opt, self.records, self.first = None, [], 0
-        if resume is not None:
-            self.first = int(resume["epoch"]) + 1
-            if self.first < self.total and _restarts(self.first, restart, self.epochs) is False:
-                self.opt = self._new_optimizer(lr_at(self.first, self.epochs, self.lr, anneal))
-                self.opt.load_state_dict(resume["optimizer"])
-            avg = resume.get("average") or {}
-            if avg.get("n", 0):
-                self.n_avg = int(avg["n"])
-                self.avg = [t.to(v.device) for t, v in zip(avg["tensors"], self._live())]
+        self.opt, self.records, self.first, self.done = None, [], 0, -1
+        self.train_s = 0.0  # the stage's training time so far (every segment of a resumed stage)
+
+    def state_dict(self) -> dict:
+        """The stage's training state after its last complete epoch: a snapshot (tensors copied to the CPU)."""
+        return _snapshot({"epoch": self.done, "model": unwrap(self.model).state_dict(),
+                          "loss": self.loss.state_dict() if self.loss is not None else {},
+                          "optimizer": self.opt.state_dict() if self.opt is not None else None,
+                          "rng": torch.get_rng_state(), "records": self.records,
+                          "average": self.average_state(), "train_s": self.train_s})
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue after ``state["epoch"]``: the weights, the loss, the random state, the records, the weight
+        average and the training time as they were then; the optimiser too, unless it starts afresh at the
+        next epoch anyway."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise FlowKDError(f"{self.name}: the saved training state lacks {', '.join(missing)} (written by another "
+                              "flowkd version?); train this stage again from its start")
+        self.done = int(state["epoch"])
+        self.first = self.done + 1
+        unwrap(self.model).load_state_dict(state["model"])
+        if self.loss is not None:
+            self.loss.load_state_dict(state["loss"])
+        torch.set_rng_state(state["rng"].cpu())
+        self.records = [dict(r) for r in state["records"]]
+        self.train_s = float(state["train_s"])
+        if self.first < self.total and _restarts(self.first, self.restart, self.epochs) is False:
+            self.opt = self._new_optimizer(lr_at(self.first, self.epochs, self.lr, self.anneal))
+            self.opt.load_state_dict(state["optimizer"])
+        avg = state["average"]
+        if avg.get("n", 0):
+            self.n_avg = int(avg["n"])
+            self.avg = [t.to(v.device) for t, v in zip(avg["tensors"], self._live())]
 
     def _new_optimizer(self, rate: float) -> torch.optim.Optimizer:
         return _optimizer(self.optimizer, self.params, rate, self.weight_decay, self.capturable)
 
     def begin(self, epoch: int) -> None:
-        """Before the epoch's first batch: the learning rate, a restart, the step's per-epoch values."""
+        """Before the epoch's first batch: the learning rate, a restart, the step's ``begin_epoch``."""
+        self.t_epoch = time.perf_counter()
         self.rate = lr_at(epoch, self.epochs, self.lr, self.anneal)
         if self.opt is None:
             self.opt = self._new_optimizer(self.rate)
@@ -144,8 +177,9 @@ class Trainer:
             _restart(self.opt)
         for g in self.opt.param_groups:
             g["lr"] = self.rate
-        for value in self.per_epoch:
-            value.write(epoch)
+        begin_epoch = getattr(self.step, "begin_epoch", None)  # a plain function has no per-epoch value
+        if begin_epoch is not None:
+            begin_epoch(epoch, self.records)
         if self.graphs is not None:
             self.graphs.begin(self.opt)
         self.model.train()
@@ -186,8 +220,10 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(rec)
         self._average(epoch)
+        self.done = epoch
+        self.train_s += time.perf_counter() - self.t_epoch
         if self.checkpoint is not None:
-            self.checkpoint(epoch, self.opt)
+            self.checkpoint(self)
         return rec
 
     def _live(self) -> list[torch.Tensor]:
@@ -235,11 +271,12 @@ def train(
     show_progress: bool = True,
     autocast: torch.dtype | None = None,
     resume: dict | None = None,
-    checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    checkpoint: Callable[[Trainer], None] | None = None,
     cuda_graph: bool | type[StepGraph] = False,
     summary: bool | None = None,
     anneal: str = "none",
     average: int = 0,
+    loss: nn.Module | None = None,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
@@ -250,15 +287,18 @@ def train(
     (a new one at each learning-rate phase, as the paper's reference code does for the auxiliary teacher's
     stages) or ``"epoch"`` (a new one every epoch, as it does for the student). A restart zeroes the state in
     place (Adam's moments and step count, SGD's momentum), which gives a new optimiser's updates exactly.
-    Before each epoch the loop sets the learning rate and writes the step's ``per_epoch`` values.
+    Before each epoch the loop sets the learning rate and calls the step's ``begin_epoch(epoch, records)``
+    (the records of the epochs before: what an adaptive schedule follows), where a step writes its per-epoch
+    values (the layer pairs' weights) in place.
     A non-finite term stops training with the stage, epoch and term named. ``autocast`` (e.g.
     ``torch.bfloat16``) runs the step under autocast; losses that need fp32 (PKT) compute in fp32.
-    ``checkpoint(epoch, optimizer)`` is called after every epoch; ``resume={"epoch": e, "optimizer": state}``
-    continues after epoch e (the model's weights are the caller's to restore; data order and augmentation
-    depend only on the epoch, so the continuation is exact).
+    ``checkpoint(trainer)`` is called after every epoch (``trainer.state_dict()`` is the stage's whole state);
+    ``resume=state`` (such a state) continues after the epoch it was saved at: weights, ``loss`` (a loss module
+    with state of its own), optimiser, random state, records and weight average as they were (data order and
+    augmentation depend only on the epoch, so the continuation is exact); the records returned are then the
+    whole stage's.
     ``anneal="cosine"`` lets each phase's rate fall along a half cosine (:func:`lr_at`). ``average=N`` ends
-    with the mean of the weights (and BatchNorm statistics) at the end of the last N epochs; a checkpoint's
-    ``resume`` then also carries ``"average"`` (``Trainer.average_state()``).
+    with the mean of the weights (and BatchNorm statistics) at the end of the last N epochs.
     ``cuda_graph=True`` replays the step (forward, loss, backward, optimiser step) as one captured CUDA graph
     (:class:`StepGraph`); the step must stay on the device (no host syncs). A captured step serves every
     epoch until the optimiser or the learning rate changes. Same arithmetic as the eager loop, but Adam is
@@ -267,19 +307,75 @@ def train(
     :class:`StepGraph` (the tests check the graph path's bookkeeping on CPU with one).
     """
     tr = Trainer(model, step, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, restart=restart,
-                 params=params, on_epoch=on_epoch, name=name, autocast=autocast, resume=resume, checkpoint=checkpoint,
-                 cuda_graph=cuda_graph, anneal=anneal, average=average)
-    for epoch in range(tr.first, tr.total):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        tr.begin(epoch)
-        t0 = time.perf_counter()
-        for batch in progress(loader, f"{name} {epoch + 1}/{tr.total}", total=len(loader), enabled=show_progress):
-            tr.batch(batch)
-        tr.end(epoch, time.perf_counter() - t0)
+                 params=params, on_epoch=on_epoch, name=name, autocast=autocast, checkpoint=checkpoint,
+                 cuda_graph=cuda_graph, anneal=anneal, average=average, loss=loss)
+    if resume is not None:
+        tr.load_state_dict(resume)
+    errors = run_epochs(loader, [tr], show_progress=show_progress)  # a cohort of one
+    if errors:
+        raise next(iter(errors.values()))
     if (show_progress if summary is None else summary) and tr.records:
         print(tr.summary())
     return tr.records
+
+
+def one_at_a_time(loader, active: Sequence[Trainer], cost: dict[str, float]) -> Iterator[None]:
+    """One pass of ``loader``: each batch (one :class:`~flowkd.teachers.Batch`, so one memo, for every trainer)
+    stepped by each trainer in turn; yields after each batch."""
+    for batch in loader:
+        batch = as_batch(batch)
+        for t in active:
+            t.batch(batch)
+        yield
+
+
+def run_epochs(loader, trainers: Sequence[Trainer], *, show_progress: bool = True,
+               on_failure: Callable[[Trainer, FlowKDError], None] | None = None,
+               run_epoch: Callable[..., Iterator[None]] = one_at_a_time) -> dict[str, FlowKDError]:
+    """The one epoch loop, for one trainer (:func:`train`) or a cohort of them over the same batches
+    (``flowkd.cohort``): each epoch, the loader's epoch, every trainer's ``begin``, one pass of the batches
+    (``run_epoch(loader, active, cost)``: :func:`one_at_a_time`, or the cohort's students side by side, given
+    ``cost``, each trainer's step time in the epoch before), every trainer's ``end``. A trainer resumed further
+    on skips the epochs it has done; one with fewer epochs stops earlier; one that fails (a non-finite loss)
+    stops with its error, the others go on. Returns the errors by trainer name."""
+    failed: dict[str, FlowKDError] = {}
+    cost: dict[str, float] = {}
+    total = max(t.total for t in trainers)
+    names = ", ".join(t.name for t in trainers)
+    for epoch in range(min(t.first for t in trainers), total):
+        active = [t for t in trainers if t.first <= epoch < t.total and t.name not in failed]
+        if not active:
+            continue
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for t in active:
+            t.begin(epoch)
+        t0 = time.perf_counter()
+        label = active[0].name if len(trainers) == 1 else f"cohort ({names})"
+        for _ in progress(run_epoch(loader, active, cost), f"{label} {epoch + 1}/{total}", total=len(loader),
+                          enabled=show_progress):
+            pass
+        wall = time.perf_counter() - t0 if len(active) == 1 else None  # alone: the epoch's wall time
+        cost = {t.name: t.time_s for t in active}
+        for t in active:
+            try:
+                t.end(epoch, wall)
+            except FlowKDError as e:
+                failed[t.name] = e
+                if on_failure is not None:
+                    on_failure(t, e)
+    return failed
+
+
+def _snapshot(x):
+    """A copy of ``x`` (nested dicts and lists) with every tensor copied to the CPU."""
+    if torch.is_tensor(x):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return {k: _snapshot(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_snapshot(v) for v in x)
+    return x
 
 
 def _restarts(epoch: int, restart: str, epochs: Sequence[int]) -> bool:

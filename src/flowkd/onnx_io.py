@@ -21,6 +21,8 @@ from torch import nn
 from .errors import FlowKDError
 from .taps import Taps
 
+__all__ = ["onnx_modules", "ImageEncoder", "trace_encoder", "write_onnx", "temp_in", "EXTRA"]
+
 EXTRA = 'pip install "flowkd[export]"'
 
 
@@ -116,7 +118,7 @@ def _untraceable(exc: BaseException, model: nn.Module) -> FlowKDError:
                        f"torch.export: {detail}")
 
 
-def _trace(encoder: ImageEncoder, example: torch.Tensor):
+def trace_encoder(encoder: ImageEncoder, example: torch.Tensor):
     """torch.export of the encoder with a dynamic batch dimension: the one gate for every traced format (it
     refuses data-dependent control flow that ``torch.jit.trace`` would silently bake in)."""
     batch = torch.export.Dim("batch", min=1)
@@ -131,7 +133,7 @@ def _trace(encoder: ImageEncoder, example: torch.Tensor):
 
 # ---- writers ---------------------------------------------------------------------------------------
 
-def _write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | None) -> None:
+def write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | None) -> None:
     onnx, _ = onnx_modules()
     out_name = "embedding" if encoder.tap else "output"
     try:
@@ -156,7 +158,7 @@ def _write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | No
     onnx.save(m, tmp)
 
 
-def _temp_in(folder: Path, name: str) -> str:
+def temp_in(folder: Path, name: str) -> str:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     except PermissionError:

@@ -22,7 +22,7 @@ from .evaluation import evaluate_representation
 from .cohort import cohorts, shared_teachers, train_cohort, worker_plan
 from .loop import Trainer
 from .report import results_table
-from .rundir import RunDir, cpu_state
+from .rundir import RunDir
 from .runmodels import RunModels, load_data, machine_info, pick_device
 from .stages import Context, Stage, build_stage, stage_pairs
 
@@ -120,51 +120,33 @@ class Pipeline:
     # ---- running --------------------------------------------------------------------------------
     def _trainer(self, stage: Stage, partial: dict | None = None) -> Trainer:
         """The stage's trainer, resumed from ``partial`` (what ``<stage>.partial.pt`` holds, when a killed run
-        left one); after every epoch its full state goes there, so that ``--resume`` continues exactly where
-        the run stopped."""
+        left one: the trainer's state after its last complete epoch, saved after every epoch), so that
+        ``--resume`` continues exactly where the run stopped."""
         cfg, rundir, flow = self.cfg, self.rundir, stage.flow
-        records: list[dict] = []
-        resume = None
-        if partial is not None:
-            stage.model.load_state_dict(partial["model"])
-            if flow is not None:
-                flow.load_state_dict(partial["flow"])
-            torch.set_rng_state(partial["rng"].cpu())
-            records = list(partial["records"])
-            resume = {"epoch": partial["epoch"], "optimizer": partial["optimizer"], "average": partial.get("average")}
-            self.log(f"[{stage.name}] resuming after epoch {partial['epoch']}")
-        adaptive = flow is not None and hasattr(flow.schedule, "observe")
+        # the adaptive schedule follows the student's intermediate layers (every rank: same probe)
+        adaptive = flow is not None and flow.follows == "flow_mi"
         a = cfg.analysis
         probe = (FlowProbe(stage, self.run_models.train_set, size=a.probe_size, seed=cfg.seed + 7, kernel=a.kernel)
                  if (a.flow_log and self.main) or adaptive else None)
-        if adaptive:  # replay what a resumed stage had observed
-            for r in records:
-                flow.schedule.observe(r["flow_mi"])
 
         def on_epoch(rec):
             if probe is not None:
                 info = probe(rec["epoch"])
-                if adaptive:  # the schedule follows the student's intermediate layers (every rank: same probe)
+                if adaptive:
                     rec["flow_mi"] = probe.intermediate_mi(info)
-                    flow.schedule.observe(rec["flow_mi"])
                 if a.flow_log:
                     rundir.log_flow(info)
-            records.append(rec)
             rundir.log_metrics(rec)
-
-        def checkpoint(epoch, opt):
-            rundir.save_partial(stage.name, {
-                "epoch": epoch, "model": cpu_state(stage.model), "flow": cpu_state(flow) if flow is not None else {},
-                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "records": records,
-                "average": tr.average_state()})
 
         p, fast = stage.plan, cfg.fast
         tr = Trainer(stage.forward, stage.step, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
                      weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
-                     checkpoint=checkpoint, resume=resume, name=stage.name,
+                     checkpoint=lambda t: rundir.save_partial(stage.name, t.state_dict()), name=stage.name,
                      autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph,
-                     anneal=p.anneal, average=p.average)
-        tr.all_records = records
+                     anneal=p.anneal, average=p.average, loss=flow)
+        if partial is not None:
+            tr.load_state_dict(partial)
+            self.log(f"[{stage.name}] resuming after epoch {partial['epoch']}")
         return tr
 
     def train_group(self, group: list[Stage], partials: dict | None = None) -> tuple[list[Trainer], dict[str, FlowKDError]]:
@@ -254,9 +236,7 @@ class Pipeline:
     def _run_group(self, group: list[Stage], failed: dict, partials: dict) -> dict:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        t0 = time.perf_counter()
         trainers, errors = self.train_group(group, partials)
-        wall = time.perf_counter() - t0
         infos = {}
         for st, tr in zip(group, trainers):
             if st.name in errors:
@@ -266,13 +246,13 @@ class Pipeline:
             checksum = float(sum(p.detach().double().sum() for p in st.model.parameters()))
             if not self.dist.same_everywhere(checksum, self.device):
                 raise FlowKDError(f"stage {st.name!r}: the ranks' weights disagree after training")
-            records = tr.all_records
+            records = tr.records
             last = {k: v for k, v in records[-1].items() if k != "stage"} if records else {}
-            self.log(f"[{st.name}] {sum(st.plan.epochs)} epochs in {wall:.1f}s"
+            self.log(f"[{st.name}] {sum(st.plan.epochs)} epochs in {tr.train_s:.1f}s"
                      + (f" (a cohort of {len(group)})" if len(group) > 1 else "") + "; last: "
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
             info = {**st.info, "model": st.model_name, "teacher": st.teacher_name, "epochs": int(sum(st.plan.epochs)),
-                    "wall_s": round(wall, 3), "last": last, "records": records}
+                    "wall_s": round(tr.train_s, 3), "last": last, "records": records}
             if len(group) > 1:
                 info["cohort"] = [m.name for m in group]
             if self.device.type == "cuda":

@@ -47,8 +47,8 @@ def quantize_onnx(src, dst, calibration: torch.Tensor, *, check=None, batch: int
     (uint8 or float in [0, 255], what the exported model takes). Returns sizes, latencies (1 thread, 1 image
     and ``batch`` images, median of warm runs) and, with ``check=(queries, database)`` ArrayDatasets, the
     retrieval mAP of both models on that sample."""
-    from .cost import _median_ms
-    from .onnx_io import _temp_in
+    from .cost import median_ms
+    from .onnx_io import temp_in
 
     try:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
@@ -68,7 +68,7 @@ def quantize_onnx(src, dst, calibration: torch.Tensor, *, check=None, batch: int
         def get_next(self):
             return next(self.it, None)
 
-    tmp = _temp_in(dst.parent, dst.name)
+    tmp = temp_in(dst.parent, dst.name)
     with tempfile.TemporaryDirectory(prefix="flowkd-int8-") as work:
         pre = os.path.join(work, "pre.onnx")
         try:
@@ -93,7 +93,7 @@ def quantize_onnx(src, dst, calibration: torch.Tensor, *, check=None, batch: int
         timing = dict(warmup=2, min_repeats=5, max_repeats=200, budget_s=1.0)
         report["latency_ms"] = {}
         for what, s in (("float", sess), ("int8", q)):
-            report["latency_ms"][what] = {str(len(x)): round(_median_ms(lambda: s.run(None, {inp.name: x}), **timing)[0], 4)
+            report["latency_ms"][what] = {str(len(x)): round(median_ms(lambda: s.run(None, {inp.name: x}), **timing)[0], 4)
                                           for x in (x1, xb)}
         if check is not None:
             from . import retrieval

@@ -1,7 +1,9 @@
 """Weight schedules for the layer pairs: pure functions of the epoch.
 
 A schedule is any callable ``(epoch, n_pairs) -> list[float]`` with one weight per pair, shallow to deep;
-the last pair is the final representation.
+the last pair is the final representation. A schedule that follows the training instead (the adaptive
+critical period) names the per-epoch record value it follows (``follows``) and takes their history before each
+epoch (``follow``), from ``InformationFlowLoss.begin_epoch``.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class AdaptiveCriticalPeriod:
     """The critical period ends when the student's layers stop gaining information, not after a fixed time.
 
     Intermediate pairs keep ``init`` while the mean quadratic MI of the student's intermediate taps with the
-    labels (measured on a probe set after every epoch and passed to ``observe``) still grows by more than
+    labels (measured on a probe set after every epoch: the ``flow_mi`` of the stage's records, which the
+    flow loss hands to ``follow`` before each epoch; or passed one by one to ``observe``) still grows by more than
     ``tol`` (relative) per epoch; once it has grown less than that for ``patience`` epochs in a row, the
     critical period is over and the weights decay by ``decay`` per epoch from there. The last pair keeps
     ``final``. The weights of epoch e depend only on what was observed after epochs 0..e-1.
@@ -74,12 +77,17 @@ class AdaptiveCriticalPeriod:
     patience: PosInt = 2
     final: NonNegFloat = 1.0
     history: list = field(default_factory=list, init=False, repr=False)
+    follows = "flow_mi"  # the record value it follows (see InformationFlowLoss.begin_epoch)
 
     def __post_init__(self):
         check_fields(self)
 
     def observe(self, value: float) -> None:
         self.history.append(float(value))
+
+    def follow(self, values) -> None:
+        """What was observed after each epoch so far, all at once."""
+        self.history = [float(v) for v in values]
 
     def end(self, upto: int | None = None) -> int | None:
         """The first epoch after the critical period, judged from the first ``upto`` observations."""

@@ -1,10 +1,10 @@
 """Training steps: what one batch does. The loop (``flowkd.loop``) owns everything else.
 
 A step is called as ``step(batch) -> {"loss": tensor, other named terms...}``, ``batch`` being a
-:class:`~flowkd.teachers.Batch` (images, labels, sample positions, a per-batch memo). A step never sees the
-epoch: values that change from epoch to epoch (the layer pairs' weights) are device buffers that the loop
-writes before each epoch, as it writes the learning rate; a step lists them in ``per_epoch`` (see
-:class:`EpochValue`). So one captured CUDA graph of a step serves a whole stage.
+:class:`~flowkd.teachers.Batch` (images, labels, sample positions, a per-batch memo). The loop calls
+``step.begin_epoch(epoch, records)`` before each epoch (``records``: the stage's records of the epochs before);
+values that change from epoch to epoch (the layer pairs' weights) are device buffers the step writes there, in
+place, so one captured CUDA graph of a step serves a whole stage.
 
 - :class:`SupervisedStep`: cross-entropy on labels (the auxiliary teacher's first stage, a labels-only
   baseline, a teacher);
@@ -16,7 +16,6 @@ writes before each epoch, as it writes the learning rate; a step lists them in `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -28,25 +27,14 @@ from .flow import InformationFlowLoss
 from .taps import Taps
 from .teachers import Batch, as_teacher
 
-__all__ = ["Step", "EpochValue", "SupervisedStep", "DistillStep"]
-
-@dataclass(frozen=True)
-class EpochValue:
-    """A per-epoch value of a step: ``buffer`` (a device tensor the step reads) gets ``at(epoch)`` before
-    each epoch's first batch (written in place, so a captured step reads the new value)."""
-
-    buffer: torch.Tensor
-    at: Callable[[int], Sequence[float]]
-
-    def write(self, epoch: int) -> None:
-        self.buffer.copy_(torch.as_tensor(list(self.at(epoch)), dtype=self.buffer.dtype))
-
+__all__ = ["Step", "SupervisedStep", "DistillStep"]
 
 @runtime_checkable
 class Step(Protocol):
-    """What the loop calls per batch. ``per_epoch`` may be absent (a plain function has no per-epoch value)."""
+    """What the loop calls: ``begin_epoch`` before each epoch (a plain function, which has no per-epoch value,
+    may lack it), the step per batch."""
 
-    per_epoch: Sequence[EpochValue]
+    def begin_epoch(self, epoch: int, records: Sequence[dict] = ()) -> None: ...
 
     def __call__(self, batch: Batch) -> dict: ...
 
@@ -54,10 +42,11 @@ class Step(Protocol):
 class SupervisedStep:
     """Cross-entropy of ``model``'s logits with the labels."""
 
-    per_epoch: Sequence[EpochValue] = ()
-
     def __init__(self, model: nn.Module):
         self.model = model
+
+    def begin_epoch(self, epoch: int, records: Sequence[dict] = ()) -> None:
+        pass
 
     def __call__(self, batch: Batch) -> dict:
         logits = self.model(batch.x)
@@ -95,9 +84,9 @@ class DistillStep:
         self.flow, self.ce_weight, self.gather = flow, ce_weight, gather
         self.ddp = isinstance(student, nn.parallel.DistributedDataParallel)
 
-    @property
-    def per_epoch(self) -> Sequence[EpochValue]:
-        return (EpochValue(self.flow.weight_buffer, self.flow.weights),)
+    def begin_epoch(self, epoch: int, records: Sequence[dict] = ()) -> None:
+        """The layer pairs' weights of ``epoch``, written in place (``InformationFlowLoss.begin_epoch``)."""
+        self.flow.begin_epoch(epoch, records)
 
     def __call__(self, batch: Batch) -> dict:
         with torch.no_grad():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FlowKDError
-from ..losses.kernels import _sq_dists, cosine
+from ..losses.kernels import sq_dists, cosine
 
 __all__ = ["quadratic_mi"]
 
@@ -30,7 +30,7 @@ def _kernel(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "cosine":
         return cosine(x)
     if kind == "gaussian":
-        d2 = _sq_dists(x)
+        d2 = sq_dists(x)
         n = len(x)
         sigma2 = d2.sum() / max(n * n - n, 1)
         return torch.exp(-d2 / (2.0 * sigma2.clamp_min(1e-12)))

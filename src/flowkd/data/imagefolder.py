@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import FlowKDError, warn
 from .arrays import ArrayDataset
 
-__all__ = ["IMAGE_EXTENSIONS", "read_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "read_image_folder", "check_split", "existing_dir", "one_line"]
 
 #: File extensions (lower case) that :func:`read_image_folder` picks up; matched case-insensitively.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -34,11 +34,11 @@ _CACHE_FORMAT = b"flowkd-image-folder-v1"  # part of the content hash: bump it w
 _MODES = {"L": 1, "RGB": 3}
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _existing_dir(root) -> Path:
+def existing_dir(root) -> Path:
     root = Path(root)
     if not root.exists():
         where = "" if root.is_absolute() else (f" (resolved to {root.resolve()}: a relative data.root is read from "
@@ -50,7 +50,7 @@ def _existing_dir(root) -> Path:
     return root
 
 
-def _check_split(split: str, valid: Sequence[str] = ("train", "test")) -> None:
+def check_split(split: str, valid: Sequence[str] = ("train", "test")) -> None:
     if split not in valid:
         raise FlowKDError(f"unknown split {split!r}; valid: {', '.join(valid)}")
 
@@ -99,7 +99,7 @@ def _content_hash(split_dir: Path, paths: Sequence[Path]) -> str:
         try:
             data = p.read_bytes()
         except OSError as e:
-            raise FlowKDError(f"cannot read image {p}: {_one_line(e)}") from None
+            raise FlowKDError(f"cannot read image {p}: {one_line(e)}") from None
         h.update(len(rel).to_bytes(8, "little"))
         h.update(rel)
         h.update(len(data).to_bytes(8, "little"))
@@ -140,7 +140,7 @@ def _decode_chunk(paths: Sequence[str], mode: str, size: tuple[int, int], first:
         except FlowKDError:
             raise
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            raise FlowKDError(f"cannot decode image {p}: {_one_line(e)}") from None
+            raise FlowKDError(f"cannot decode image {p}: {one_line(e)}") from None
         if a.shape != ((h, w) if mode == "L" else (h, w, 3)) or a.dtype != np.uint8:
             raise FlowKDError(f"cannot decode image {p}: got an array {a.dtype} {a.shape} for mode {mode!r}")
         out[i] = a[None] if mode == "L" else a.transpose(2, 0, 1)
@@ -162,7 +162,7 @@ def _decode_images(paths: Sequence[Path], workers: int) -> np.ndarray:
         with Image.open(first) as im:
             mode, size = im.mode, im.size
     except Exception as e:
-        raise FlowKDError(f"cannot decode image {first}: {_one_line(e)}") from None
+        raise FlowKDError(f"cannot decode image {first}: {one_line(e)}") from None
     if mode not in _MODES:
         raise FlowKDError(f"unsupported image mode {mode!r} in {first}: expected 'L' or 'RGB'")
     strs = [str(p) for p in paths]
@@ -179,7 +179,7 @@ def _decode_images(paths: Sequence[Path], workers: int) -> np.ndarray:
             out[i * chunk:i * chunk + len(chunks[i])] = fut.result()
     except BrokenProcessPool as e:
         raise FlowKDError(f"decoding {Path(first).parent.parent} failed: a worker process died "
-                          f"({_one_line(e)})") from None
+                          f"({one_line(e)})") from None
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
     return out
@@ -192,7 +192,7 @@ def _load_cache(path: Path, n: int, classes: list[str]) -> tuple[np.ndarray, np.
     except FileNotFoundError:
         return None
     except Exception as e:
-        warnings.warn(f"ignoring unreadable cache {path}: {_one_line(e)}", stacklevel=3)
+        warnings.warn(f"ignoring unreadable cache {path}: {one_line(e)}", stacklevel=3)
         return None
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != n or labels.shape != (n,) \
             or cached_classes != classes:
@@ -216,7 +216,7 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, classes: li
         os.replace(tmp, path)
         return True
     except OSError as e:
-        warnings.warn(f"could not write the image cache {path}: {_one_line(e)}", stacklevel=3)
+        warnings.warn(f"could not write the image cache {path}: {one_line(e)}", stacklevel=3)
         return False
     finally:
         if tmp is not None and os.path.exists(tmp):
@@ -237,7 +237,7 @@ def read_image_folder(root, split: str = "train", cache_dir=None, workers: int |
     ``meta`` holds ``source``, ``split``, ``hash``, ``cached`` (whether the cache was used) and ``cache`` (its
     path, or None when it could not be written).
     """
-    root = _existing_dir(root)
+    root = existing_dir(root)
     if not split or split in (".", "..") or "/" in split or os.sep in split:
         raise FlowKDError(f"bad split name {split!r}: expected a folder name such as 'train' or 'test'")
     workers = (os.cpu_count() or 1) if workers is None else int(workers)

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import FlowKDError
 from ..registry import Registry
 from .arrays import ArrayDataset
-from .imagefolder import IMAGE_EXTENSIONS, _check_split, _existing_dir, _one_line, read_image_folder
+from .imagefolder import IMAGE_EXTENSIONS, check_split, existing_dir, one_line, read_image_folder
 
 __all__ = ["NORMALIZATION", "IMAGE_EXTENSIONS", "read_cifar", "read_stl10", "read_image_folder",
            "load_dataset", "dataset_names"]
@@ -73,7 +73,7 @@ def _load_pickle(path: Path) -> dict:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError, OSError) as e:
-        raise FlowKDError(f"cannot read CIFAR pickle {path}: {_one_line(e)}") from None
+        raise FlowKDError(f"cannot read CIFAR pickle {path}: {one_line(e)}") from None
     if not isinstance(obj, dict):
         raise FlowKDError(f"cannot read CIFAR pickle {path}: expected a dict, got {type(obj).__name__}")
     return obj
@@ -110,8 +110,8 @@ def read_cifar(root, split: str = "train", variant: str = "cifar10") -> ArrayDat
     """
     if variant not in ("cifar10", "cifar100"):
         raise FlowKDError(f"unknown CIFAR variant {variant!r}; valid: cifar10, cifar100")
-    _check_split(split)
-    root = _existing_dir(root)
+    check_split(split)
+    root = existing_dir(root)
     if variant == "cifar10":
         what = "CIFAR-10"
         base = _locate(root, ["batches.meta", "test_batch" if split == "test" else "data_batch_1"],
@@ -151,8 +151,8 @@ def read_stl10(root, split: str = "train", mean: Sequence[float] | None = None,
     Images are stored column-major (each 3x96x96 image has H and W swapped) and labels run 1..10; both are
     fixed here. Without ``mean``/``std`` they are computed from the images.
     """
-    _check_split(split)
-    root = _existing_dir(root)
+    check_split(split)
+    root = existing_dir(root)
     xname, yname = f"{split}_X.bin", f"{split}_y.bin"
     base = _locate(root, [xname, yname, "class_names.txt"], "stl10_binary", "STL-10")
     side = 96

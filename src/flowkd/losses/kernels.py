@@ -18,13 +18,13 @@ import torch
 from ..registry import Registry
 
 __all__ = ["KERNELS", "cosine", "student_t", "rbf", "adaptive_rbf", "gaussian", "adaptive_gaussian", "conditional",
-           "EPS"]
+           "sq_dists", "EPS"]
 
 EPS = 1e-6
 KERNELS: Registry = Registry("kernel")
 
 
-def _sq_dists(x: torch.Tensor) -> torch.Tensor:
+def sq_dists(x: torch.Tensor) -> torch.Tensor:
     """Pairwise squared distances through one matrix product; centring the batch first (distances do not
     change) limits fp32 cancellation, and the diagonal is exactly zero."""
     x = x - x.mean(0, keepdim=True).detach()
@@ -43,13 +43,13 @@ def cosine(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 @KERNELS.register("student_t")
 def student_t(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """1 / (1 + ||a - b||), the distance taken as sqrt(max(d^2, 0) + eps)."""
-    return 1.0 / (1.0 + torch.sqrt(_sq_dists(x) + eps))
+    return 1.0 / (1.0 + torch.sqrt(sq_dists(x) + eps))
 
 
 def _dists(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Pairwise Euclidean distances sqrt(max(d^2, 0) + eps), as the reference code takes them (the diagonal is
     sqrt(eps), and the gradient stays finite for duplicate rows)."""
-    return torch.sqrt(_sq_dists(x) + eps)
+    return torch.sqrt(sq_dists(x) + eps)
 
 
 @KERNELS.register("rbf")
@@ -71,7 +71,7 @@ def adaptive_rbf(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 def gaussian(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """exp(-||a - b||^2 / (2 sigma^2)) with a fixed bandwidth (what flowkd's ``rbf`` computed before it was made
     the reference's ``rbf``)."""
-    return torch.exp(-_sq_dists(x) / (2.0 * sigma * sigma))
+    return torch.exp(-sq_dists(x) / (2.0 * sigma * sigma))
 
 
 @KERNELS.register("adaptive_gaussian")
@@ -79,7 +79,7 @@ def adaptive_gaussian(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Gaussian whose 2 sigma^2 is the batch's mean off-diagonal squared distance (held constant for gradients):
     exp(-||a - b||^2 / (mean d^2 + eps)) (what flowkd's ``adaptive_rbf`` computed before it was made the
     reference's)."""
-    d2 = _sq_dists(x)
+    d2 = sq_dists(x)
     n = x.shape[0]
     scale = d2.detach().sum() / max(n * n - n, 1)
     return torch.exp(-d2 / (scale + eps))
