@@ -250,5 +250,5 @@ def load_dataset(name: str, root, **options) -> tuple[ArrayDataset, ArrayDataset
     loader = _DATASETS.get(name)
     root = Path(root)
     if not root.exists():
-        _existing_dir(root)  # the one "not found" message
+        existing_dir(root)  # the one "not found" message
     return loader(root, **options)
