@@ -42,6 +42,21 @@ def baseline(relpath: str, name: str):
     return mod
 
 
+def cpu_peak_macs(fma_per_cycle: int = 16) -> tuple[float, float]:
+    """(one core's float32 multiply-add peak per second, its clock in MHz): ``fma_per_cycle`` float32
+    multiply-adds a cycle (16: two 256-bit FMA pipes, as AMD Zen 4 runs AVX-512; 32 on a CPU with two 512-bit
+    FMA units) times the clock /proc/cpuinfo reports (0 when it reports none)."""
+    mhz = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                mhz = float(line.split(":")[1])
+                break
+    except OSError:
+        pass
+    return fma_per_cycle * mhz * 1e6, mhz
+
+
 def side_by_side(fns: dict, rounds: int, inner: int = 1) -> dict:
     """Time each callable ``inner`` times per round, the order rotated every round; per name: the median
     seconds of one call and the round-by-round times (so a load spike hits every variant alike)."""
