@@ -82,7 +82,7 @@ def main():
             plain(today_x)
 
     def chosen():
-        with torch.inference_mode(), setting.autocast():
+        with torch.inference_mode(), setting.context():
             model(chosen_x)
 
     times = side_by_side({"today": today, "chosen": chosen}, args.rounds)
@@ -102,7 +102,7 @@ def main():
            "arith_limit_pass_s": {k: round(v, 1) for k, v in limit.items()}, "rounds": args.rounds,
            "rounds_s": {k: v["rounds_s"] for k, v in times.items()}, "wall_s": round(time.perf_counter() - wall, 1),
            "command": "python benchmarks/bench_inference.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())}
-    tried = "\n".join(f"| {t['batch']} | {'bf16' if t['bf16'] else 'float32'} | {'channels_last' if t['channels_last'] else 'NCHW'} | "
+    tried = "\n".join(f"| {t['batch']} | {'bf16' if t['bf16'] else 'float32'} | {'channels_last' if t['channels_last'] else 'NCHW'} | {t['threads']} | "
                       f"{t['images_per_s']:,.1f} | {t['rel_error']:.2e} | {t['eligible']} |" for t in setting.tried)
     lim = "bf16" if setting.bf16 else "float32"
     table = "\n".join([
@@ -116,7 +116,7 @@ def main():
         f"{limit['float32']:.0f} s in float32 ({r32 / 1e9:.0f} G multiply-adds/s on one large product), {limit['bf16']:.0f} s in bf16 "
         f"({r16 / 1e9:.0f} G/s); the chosen setting is {pass_s['chosen'] / limit[lim]:.1f}x the {lim} limit.", "",
         "The search (each candidate warmed up once, timed twice; error: relative L2 of the outputs vs float32 NCHW on 32 sample images):", "",
-        "| batch | precision | format | images/s | error | eligible |", "|---:|---|---|---:|---:|---|", tried]) + "\n"
+        "| batch | precision | format | threads | images/s | error | eligible |", "|---:|---|---|---:|---:|---:|---|", tried]) + "\n"
     write("inference", doc, table)
 
 

@@ -34,10 +34,20 @@ def test_outputs_under_the_setting_match_float32_within_the_tolerance():
     with torch.inference_mode():
         want = net.to(memory_format=torch.contiguous_format)(x)
         s.apply(net)
-        with s.autocast():
+        with s.context():
             got = torch.cat([net(s.prepare(b)) for b in s.batches(x)]).float()
     assert got.shape == want.shape
     assert float((got - want).norm() / want.norm()) <= 5e-2
+
+
+def test_threads_are_a_candidate_and_the_context_restores_them():
+    net, x = _net(), torch.randn(8, 3, 8, 8)
+    before = torch.get_num_threads()
+    s = fastest_setting(net, x, "cpu", batches=(4,), repeats=1, bf16=False, channels_last=False, threads=(1, 2))
+    assert {t["threads"] for t in s.tried} == {1, 2} and s.threads in (1, 2)
+    with s.context():
+        assert torch.get_num_threads() == s.threads
+    assert torch.get_num_threads() == before
 
 
 def test_zero_tolerance_keeps_float32_and_options_can_be_left_out():

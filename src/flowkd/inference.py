@@ -2,17 +2,18 @@
 
 A frozen teacher's pass over a training set (a bank of its views, features for retrieval) is pure inference;
 its speed on a CPU depends on the precision (float32, or bfloat16 autocast where the CPU has bf16 units), the
-memory format (NCHW or channels_last) and the batch size, in ways that differ from one CPU to the next.
+memory format (NCHW or channels_last), the batch size and the intra-op threads (all of them, or one when the
+cores are shared), in ways that differ from one CPU and one moment to the next.
 ``fastest_setting`` times the candidates on a sample of the real input and returns the fastest one whose
 outputs stay within ``tolerance`` of float32's (relative L2 error on the sample):
 
     setting = fastest_setting(model, images[:512], device)
-    with setting.autocast():
+    with setting.context():
         for x in setting.batches(images):
             out = model(setting.prepare(x))
 
-The search: precision x memory format at the smallest batch, then larger batches for the winner while they
-pay (each at least ``gain`` faster than the last). Every candidate is warmed up once and timed
+The search: precision x memory format x threads at the smallest batch, then larger batches for the winner
+while they pay (each at least ``gain`` faster than the last). Every candidate is warmed up once and timed
 ``repeats`` times (median). bfloat16 is a candidate only where ``bf16_supported(device)``; a setting
 whose outputs move more than ``tolerance`` is recorded with its error but never chosen.
 """
@@ -55,15 +56,22 @@ class InferenceSetting:
     batch: int
     channels_last: bool
     bf16: bool
+    threads: int = 0              # intra-op threads (CPU); 0: leave torch's setting as it is
     images_per_s: float = 0.0
     rel_error: float = 0.0
     tried: tuple = field(default=(), compare=False)  # every candidate measured, as dicts
 
-    def autocast(self):
-        """The autocast context of this setting (a no-op for float32)."""
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+    @contextlib.contextmanager
+    def context(self):
+        """Run inside this: bf16 autocast when the setting has it, and its intra-op threads (restored after)."""
+        old = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
+                yield
+        finally:
+            torch.set_num_threads(old)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """A batch moved to the device in this setting's memory format."""
@@ -81,7 +89,9 @@ class InferenceSetting:
 
     def summary(self) -> str:
         return (f"batch {self.batch}, {'bf16 autocast' if self.bf16 else 'float32'}, "
-                f"{'channels_last' if self.channels_last else 'NCHW'}: {self.images_per_s:,.0f} images/s")
+                f"{'channels_last' if self.channels_last else 'NCHW'}"
+                + (f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else "")
+                + f": {self.images_per_s:,.0f} images/s")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -105,13 +115,14 @@ def _sync(device: torch.device) -> None:
 
 def fastest_setting(model: nn.Module, sample: torch.Tensor, device=None, *,
                     forward: Callable | None = None, batches=(64, 128, 256), bf16: bool | None = None,
-                    channels_last: bool | None = None, tolerance: float = 2e-2, repeats: int = 2,
+                    channels_last: bool | None = None, threads=None, tolerance: float = 2e-2, repeats: int = 2,
                     gain: float = 1.03, check_images: int = 32) -> InferenceSetting:
     """The fastest :class:`InferenceSetting` for ``model`` on ``device``, timed on ``sample`` (N, C, H, W)
     (tiled when N is below a batch). ``forward(model, x)`` is what is timed (default ``model(x)``: pass the
     bank's tap reader to time exactly that). ``bf16`` / ``channels_last``: None tries both where they apply,
-    False leaves them out, True forces them. The model is put in eval mode; its memory format is left as the
-    chosen setting's (``setting.apply``)."""
+    False leaves them out, True forces them. ``threads``: the intra-op thread counts to try on a CPU (default:
+    torch's current count and 1). The model is put in eval mode; its memory format is left as the chosen
+    setting's (``setting.apply``)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if sample.dim() < 2 or len(sample) == 0:
         raise FlowKDError(f"fastest_setting needs a sample batch of images, got shape {tuple(sample.shape)}")
@@ -126,6 +137,12 @@ def fastest_setting(model: nn.Module, sample: torch.Tensor, device=None, *,
     if sample.dim() != 4:
         formats = [False]
     batches = sorted(int(b) for b in batches)
+    if device.type != "cpu":
+        thread_counts = [0]
+    else:
+        thread_counts = sorted({int(t) for t in (threads or (torch.get_num_threads(), 1))}, reverse=True)
+        if min(thread_counts) < 1:
+            raise FlowKDError("fastest_setting: thread counts must be >= 1")
 
     def data(n):
         reps = -(-n // len(sample))
@@ -136,12 +153,12 @@ def fastest_setting(model: nn.Module, sample: torch.Tensor, device=None, *,
         ref = _flat(forward(model.to(memory_format=torch.contiguous_format), check.to(device)))
     tried = []
 
-    def measure(batch, cl, half):
-        s = InferenceSetting(str(device), batch, cl, half)
+    def measure(batch, cl, half, th):
+        s = InferenceSetting(str(device), batch, cl, half, th)
         s.apply(model)
         x = s.prepare(data(batch))
         times = []
-        with torch.inference_mode(), s.autocast():
+        with torch.inference_mode(), s.context():
             err = float((_flat(forward(model, s.prepare(check))) - ref).norm() / ref.norm().clamp_min(1e-30))
             for i in range(repeats + 1):  # the first is a warm-up
                 _sync(device)
@@ -151,17 +168,17 @@ def fastest_setting(model: nn.Module, sample: torch.Tensor, device=None, *,
                 if i:
                     times.append(time.perf_counter() - t0)
         rate = batch / statistics.median(times)
-        tried.append({"batch": batch, "channels_last": cl, "bf16": half, "images_per_s": round(rate, 1),
+        tried.append({"batch": batch, "channels_last": cl, "bf16": half, "threads": th, "images_per_s": round(rate, 1),
                       "rel_error": err, "eligible": err <= tolerance})
-        return InferenceSetting(str(device), batch, cl, half, rate, err)
+        return InferenceSetting(str(device), batch, cl, half, th, rate, err)
 
-    found = [measure(batches[0], cl, half) for half in precisions for cl in formats]
+    found = [measure(batches[0], cl, half, th) for half in precisions for cl in formats for th in thread_counts]
     best = max((s for s in found if s.rel_error <= tolerance), key=lambda s: s.images_per_s, default=found[0])
     for b in batches[1:]:
-        s = measure(b, best.channels_last, best.bf16)
+        s = measure(b, best.channels_last, best.bf16, best.threads)
         if s.images_per_s < best.images_per_s * gain:
             break
         best = s
     best.apply(model.to(memory_format=torch.contiguous_format))
-    return InferenceSetting(best.device, best.batch, best.channels_last, best.bf16, best.images_per_s,
+    return InferenceSetting(best.device, best.batch, best.channels_last, best.bf16, best.threads, best.images_per_s,
                             best.rel_error, tuple(tried))
