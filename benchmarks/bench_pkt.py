@@ -70,6 +70,19 @@ def products_only(feats):
     return go
 
 
+def top_ops(fn, calls=10, top=10) -> list:
+    """The operators ``fn`` spends its CPU time in: share of self time and calls a step, largest first."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(calls):
+            fn()
+    ev = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in ev) or 1
+    ev.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls": e.count // calls} for e in ev[:top]]
+
+
 def gemm_rate(dev, seconds=0.5) -> float:
     """Multiply-adds per second of a 1024 x 1024 x 1024 float32 product on this device's threads (best of a
     few): what the cores reach on the same arithmetic without the chain's small shapes."""
@@ -136,6 +149,7 @@ def main():
         loss = "—" if runs[k]["loss"] is None else f"{runs[k]['loss']:.7f}"
         rows.append(f"| {k} | {ms:.3f} | {runs[k]['vs_today']:.2f}x | {runs[k]['kernels'] if runs[k]['kernels'] is not None else '—'} | {loss} |")
     limit_ms = macs / rate * 1e3
+    ops = top_ops(variants["pkt_pairs now (one backward product per student)"]) if dev.type == "cpu" else []
     peak, mhz = cpu_peak_macs(args.fma_per_cycle)
     peak *= args.threads
     peak_ms = macs / peak * 1e3 if peak else float("nan")
@@ -144,7 +158,7 @@ def main():
     m = machine(dev)
     doc = {"machine": m, "batch": args.batch, "rounds": args.rounds, "threads": args.threads, "pairs": PAIRS,
            "baseline_commit": BASELINE, "macs": macs, "gemm_macs_per_s": round(rate), "arith_limit_ms": round(limit_ms, 4),
-           "target_ms": 2.0, "runs": runs, "peak_macs_per_s": peak, "cpu_mhz": mhz, "fma_per_cycle": args.fma_per_cycle,
+           "target_ms": 2.0, "runs": runs, "top_ops": ops, "peak_macs_per_s": peak, "cpu_mhz": mhz, "fma_per_cycle": args.fma_per_cycle,
            "peak_limit_ms": round(peak_ms, 3), "pkt_pairs_over_products": round(over_products, 3), "wall_s": round(time.perf_counter() - wall, 1),
            "command": "python benchmarks/bench_pkt.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items())}
     nowms = runs[now]["ms"]
@@ -162,7 +176,10 @@ def main():
         f"Peak: {args.fma_per_cycle} float32 multiply-adds a cycle x {mhz:.0f} MHz x {args.threads} thread(s) = "
         f"{peak / 1e9:.1f} G/s, so {peak_ms:.2f} ms is the floor of this exact float32 formulation on a quiet core, "
         f"and the 2 ms target lies {peak_ms / 2.0:.1f}x below it; pkt_pairs takes {over_products:.2f}x the time of its "
-        f"products alone (median of per-round ratios), the rest being the N x N element-wise passes."]) + "\n"
+        f"products alone (median of per-round ratios), the rest being the N x N element-wise passes.", "",
+        "Where pkt_pairs' time goes (torch.profiler, self CPU time, 10 calls):", "",
+        "| operator | share | calls / step |", "|---|---:|---:|",
+        *[f"| `{o['op']}` | {o['share'] * 100:.1f} % | {o['calls']} |" for o in ops]]) + "\n"
     write("pkt" + ("" if dev.type == "cpu" else "_" + dev.type), doc, table)
 
 
