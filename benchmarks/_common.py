@@ -26,7 +26,8 @@ BASELINE = "aab464e"
 def machine(device: torch.device) -> dict:
     """machine_info plus this machine's load averages (1, 5, 15 min) when the measurement started: the cores
     are shared, so absolute times move with the load; ratios measured side by side move much less."""
-    return machine_info(device) | {"loadavg": [round(x, 2) for x in os.getloadavg()]}
+    return machine_info(device) | {"loadavg": [round(x, 2) for x in os.getloadavg()],
+                                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
 
 
 def baseline(relpath: str, name: str):
