@@ -1,5 +1,6 @@
-"""``flowkd demo`` end to end, today's code (the baseline commit's src/, from git) vs now, and now with one
-intra-op thread (OMP_NUM_THREADS=1), run after one another in rotated rounds on this machine. Per run: the wall
+"""``flowkd demo`` end to end, today's code (the baseline commit's src/, from git) vs now, now with one
+intra-op thread (OMP_NUM_THREADS=1), and that with bf16 autocast (its mAPs next to float32's, same seed), run
+after one another in rotated rounds on this machine (OMP_WAIT_POLICY / OMP_NUM_THREADS of the caller dropped). Per run: the wall
 time of the command, each stage group's wall time and the evaluation's (the cost columns' export and latency
 timings are part of it), from the run's results.json.
 
@@ -23,11 +24,12 @@ from _common import BASELINE, ROOT, machine, write
 import torch
 
 
-def run_demo(src: Path, env_extra: dict) -> dict:
+def run_demo(src: Path, env_extra: dict, args: list) -> dict:
     with tempfile.TemporaryDirectory(prefix="flowkd-bench-demo-") as out:
-        env = os.environ | {"PYTHONPATH": str(src)} | env_extra
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+        env |= {"PYTHONPATH": str(src)} | env_extra
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flowkd", "demo", "--out", out, "--quiet", "--no-progress"], env=env,
+        subprocess.run([sys.executable, "-m", "flowkd", "demo", "--out", out, "--quiet", "--no-progress", *args], env=env,
                        check=True, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         r = json.loads((Path(out) / "results.json").read_text())
@@ -47,8 +49,9 @@ def main():
     m = machine(torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="flowkd-baseline-") as base:
         subprocess.run(f"git -C {ROOT} archive {BASELINE} src | tar -x -C {base}", shell=True, check=True)
-        variants = {f"today (commit {BASELINE})": (Path(base) / "src", {}), "now": (ROOT / "src", {}),
-                    "now, OMP_NUM_THREADS=1": (ROOT / "src", {"OMP_NUM_THREADS": "1"})}
+        variants = {f"today (commit {BASELINE})": (Path(base) / "src", {}, []), "now": (ROOT / "src", {}, []),
+                    "now, OMP_NUM_THREADS=1": (ROOT / "src", {"OMP_NUM_THREADS": "1"}, []),
+                    "now, OMP_NUM_THREADS=1, fast.amp=bf16": (ROOT / "src", {"OMP_NUM_THREADS": "1"}, ["--set", "fast.amp=bf16"])}
         names = list(variants)
         runs = {k: [] for k in names}
         for r in range(args.rounds):
@@ -72,7 +75,9 @@ def main():
         f"machine: {m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads, load average at the start {m['loadavg']} "
         f"(shared cores; each run's own in the json); medians of {args.rounds} rounds, order rotated; wall {doc['wall_s']} s", "",
         "| code | demo wall s | speed-up (median of per-round ratios) | evaluation s (incl. cost columns) | stage groups s |",
-        "|---|---:|---:|---:|---|", *rows]) + "\n"
+        "|---|---:|---:|---:|---|", *rows, "", "cos mAP (%) of the last round's runs, seed 0:", "",
+        "| code | " + " | ".join(runs[today][-1]["cos_map"]) + " |", "|---|" + "---:|" * len(runs[today][-1]["cos_map"]),
+        *[f"| {k} | " + " | ".join(f"{v:.2f}" for v in runs[k][-1]["cos_map"].values()) + " |" for k in names]]) + "\n"
     write("demo", doc, table)
 
 
