@@ -161,6 +161,7 @@ def evaluate(
     curves, pks, leg_curves, leg_pks = [], [], [], []
     qpos_all = torch.arange(q.shape[0], device=device)
     threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    dl_small = dl.to(torch.uint8 if n_cls <= 256 else torch.int32)  # the labels each CPU row gathers, narrow
 
     def score(pos, relevant, qpos):
         """Per-query values from the ranks of the hits (row by row, so any split of the rows gives the same):
@@ -206,7 +207,7 @@ def evaluate(
             parts = [(dist[s:s + step], lb[s:s + step], relevant[s:s + step], qpos[s:s + step])
                      for s in range(0, len(qb), step)]
             with _intra_op_threads(1), ThreadPoolExecutor(threads) as pool:
-                scored = list(pool.map(lambda a: score(_hit_positions_cpu(a[0], dl, a[1], a[2]), *a[2:]), parts))
+                scored = list(pool.map(lambda a: score(_hit_positions_cpu(a[0], dl_small, a[1], a[2]), *a[2:]), parts))
         else:
             scored = [score(_hit_positions(_relevance(dist, dl, lb), relevant), relevant, qpos)]
         del dist
