@@ -1,10 +1,10 @@
-"""How long `flowkd demo` takes, as a user runs it, and what it prints: results/bench_demo.json|md.
+"""``flowkd demo`` end to end, today's code (the baseline commit's src/, from git) vs now, now with one
+intra-op thread (OMP_NUM_THREADS=1), and that with bf16 autocast (its mAPs next to float32's, same seed), run
+after one another in rotated rounds on this machine (OMP_WAIT_POLICY / OMP_NUM_THREADS of the caller dropped). Per run: the wall
+time of the command, each stage group's wall time and the evaluation's (the cost columns' export and latency
+timings are part of it), from the run's results.json.
 
-    python benchmarks/bench_demo.py [--runs 3] [--seed 0]
-
-Each run is a fresh process (`python -m flowkd demo --quiet --out DIR`), timed from its start to its exit, so
-the figure includes Python's start-up and the imports. The machine is described as found, with its load
-average at the start (on a shared machine the times are upper bounds of what the demo needs).
+    python benchmarks/bench_demo.py [--rounds 2]
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -20,54 +19,66 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import BASELINE, ROOT, machine, write
+
 import torch
 
-from _common import ROOT, machine, write
 
-ROWS = ["teacher", "aux", "student", "student_labels", "student_pkt"]
+def run_demo(src: Path, env_extra: dict, args: list) -> dict:
+    with tempfile.TemporaryDirectory(prefix="flowkd-bench-demo-") as out:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+        env |= {"PYTHONPATH": str(src)} | env_extra
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "flowkd", "demo", "--out", out, "--quiet", "--no-progress", *args], env=env,
+                       check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        r = json.loads((Path(out) / "results.json").read_text())
+    groups = {}
+    for name, st in r["stages"].items():
+        groups.setdefault(st["wall_s"], []).append(name)
+    return {"wall_s": round(wall, 2), "stages_s": {"+".join(v): k for k, v in groups.items()},
+            "eval_s": r["eval_wall_s"], "cos_map": {k: round(v["cosine"]["map"], 2) for k, v in r["models"].items()},
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    walls, cpus, models = [], [], None
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "demo"
-            t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run([sys.executable, "-m", "flowkd", "demo", "--quiet", "--seed", str(args.seed),
-                            "--out", str(out)], env=env, check=True, capture_output=True)
-            walls.append(round(time.perf_counter() - t0, 2))
-            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpus.append(round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 2))
-            res = json.loads((out / "results.json").read_text())
-        got = {k: {"cos_map": round(res["models"][k]["cosine"]["map"], 2),
-                   "euc_map": round(res["models"][k]["euclidean"]["map"], 2)} for k in ROWS}
-        if models is not None and got != models:
-            raise SystemExit("the demo gave other numbers on a rerun with the same seed")
-        models = got
-    doc = {"command": f"python -m flowkd demo --quiet --seed {args.seed} --out DIR (a fresh process per run)",
-           "machine": machine(torch.device("cpu")), "load_average_1min_at_start": load, "runs": args.runs, "wall_s": walls,
-           "wall_s_median": statistics.median(walls),
-           "cpu_s": cpus, "cpu_s_median": statistics.median(cpus), "load_average_1min_at_end": os.getloadavg()[0], "seed": args.seed, "models": models}
-    m = doc["machine"]
-    lines = ["# `flowkd demo`: wall time and results", "",
-             f"Command: `{doc['command']}`, {args.runs} runs, each timed from process start to exit (Python start-up "
-             f"and imports included). Machine: {m.get('cpu_threads')} CPU threads, torch {m.get('torch')}"
-             + (f", 1-minute load average {load:.2f} at the start" if load is not None else "")
-             + "; the machine is shared with other jobs, so the times are upper bounds.", "",
-             f"Wall time per run: {', '.join(f'{w:.1f} s' for w in walls)} (median {doc['wall_s_median']:.1f} s); "
-             f"CPU time (user + system) per run: {', '.join(f'{c:.1f} s' for c in cpus)} (median "
-             f"{doc['cpu_s_median']:.1f} s), which sharing the machine changes much less than the wall time. "
-             f"1-minute load average at the end: {doc['load_average_1min_at_end']:.2f}.", "",
-             "| model | cos mAP | euc mAP |", "|---|---:|---:|"]
-    lines += [f"| {k} | {v['cos_map']:.2f} | {v['euc_map']:.2f} |" for k, v in models.items()]
-    lines += ["", f"Seed {args.seed}; the same numbers on every run (checked)."]
-    write("demo", doc, "\n".join(lines) + "\n")
+    wall = time.perf_counter()
+    m = machine(torch.device("cpu"))
+    with tempfile.TemporaryDirectory(prefix="flowkd-baseline-") as base:
+        subprocess.run(f"git -C {ROOT} archive {BASELINE} src | tar -x -C {base}", shell=True, check=True)
+        variants = {f"today (commit {BASELINE})": (Path(base) / "src", {}, []), "now": (ROOT / "src", {}, []),
+                    "now, OMP_NUM_THREADS=1": (ROOT / "src", {"OMP_NUM_THREADS": "1"}, []),
+                    "now, OMP_NUM_THREADS=1, fast.amp=bf16": (ROOT / "src", {"OMP_NUM_THREADS": "1"}, ["--set", "fast.amp=bf16"])}
+        names = list(variants)
+        runs = {k: [] for k in names}
+        for r in range(args.rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                runs[k].append(run_demo(*variants[k]))
+                print(k, runs[k][-1], flush=True)
+    today = names[0]
+    rows, summary = [], {}
+    for k in names:
+        med = statistics.median(x["wall_s"] for x in runs[k])
+        ev = statistics.median(x["eval_s"] for x in runs[k])
+        ratio = statistics.median(a["wall_s"] / b["wall_s"] for a, b in zip(runs[today], runs[k]))
+        summary[k] = {"wall_s": med, "eval_s": ev, "speedup_vs_today": round(ratio, 3)}
+        stages = "; ".join(f"{g} {statistics.median(x['stages_s'][g] for x in runs[k]):.1f}" for g in runs[k][0]["stages_s"])
+        rows.append(f"| {k} | {med:.1f} | {ratio:.2f}x | {ev:.1f} | {stages} |")
+    doc = {"machine": m, "baseline_commit": BASELINE, "rounds": args.rounds, "runs": runs, "summary": summary,
+           "target_wall_s": 12, "wall_s": round(time.perf_counter() - wall, 1),
+           "command": f"python benchmarks/bench_demo.py --rounds {args.rounds}"}
+    table = "\n".join([
+        "# `flowkd demo` end to end: today's code vs now", "",
+        f"machine: {m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads, load average at the start {m['loadavg']} "
+        f"(shared cores; each run's own in the json); medians of {args.rounds} rounds, order rotated; wall {doc['wall_s']} s", "",
+        "| code | demo wall s | speed-up (median of per-round ratios) | evaluation s (incl. cost columns) | stage groups s |",
+        "|---|---:|---:|---:|---|", *rows, "", "cos mAP (%) of the last round's runs, seed 0:", "",
+        "| code | " + " | ".join(runs[today][-1]["cos_map"]) + " |", "|---|" + "---:|" * len(runs[today][-1]["cos_map"]),
+        *[f"| {k} | " + " | ".join(f"{v:.2f}" for v in runs[k][-1]["cos_map"].values()) + " |" for k in names]]) + "\n"
+    write("demo", doc, table)
 
 
 if __name__ == "__main__":

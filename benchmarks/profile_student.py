@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast for the networks (PKT stays fp32)")
     ap.add_argument("--channels-last", action="store_true", help="models and batches in channels_last")
+    ap.add_argument("--suffix", default="", help="appended to the results' name (e.g. _shared: a run on busy cores)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     n = 128 * (args.steps + 5)
@@ -119,7 +120,8 @@ def main():
         f"loader.", ""] if graph else []
     table = "\n".join([
         f"# Student information-flow step: where the time goes ({args.steps} steps of batch 128, {variant})", "",
-        f"machine: {m.get('gpu') or m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads; "
+        f"machine: {m.get('gpu') or m['device']}, torch {m['torch']}, {m['cpu_threads']} CPU threads, "
+        f"{torch.get_num_threads()} intra-op, load average {m['loadavg']}, OMP_WAIT_POLICY {m['omp_wait_policy']}; "
         f"{'real CIFAR-10' if args.data else 'synthetic'} images", "",
         f"Per step {total / args.steps * 1e3:.2f} ms (phases synchronised); scaled to an epoch of 391 steps: "
         f"{total / args.steps * 391:.2f} s.", "",
@@ -131,7 +133,7 @@ def main():
            "top_ops": [{"op": e.key, "ms_per_step": round(getattr(e, attr) / 1e3 / n_prof, 4),
                         "calls_per_step": e.count // n_prof} for e in top]}
     suffix = ("" if dev.type == "cpu" else "_" + dev.type) + ("_bf16" if args.amp else "") + ("_cl" if args.channels_last else "")
-    write("profile_student" + suffix, doc, table)
+    write("profile_student" + suffix + args.suffix, doc, table)
 
 
 def captured_step(dev, args, teacher, taps, flow, student, batch) -> dict:

@@ -359,6 +359,27 @@ def test_model_cost_fields_and_threads_restored():
     assert model_cost(Branchy(), (3, 2, 2), latency=False)["onnx_error"].startswith("cannot export Branchy")
 
 
+def test_model_cost_times_an_architecture_once_and_stops_when_the_median_is_known():
+    from flowkd.cost import median_interval
+
+    # the interval of the median: the order statistics around the middle, the whole range for few runs
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    lo, hi = median_interval(list(range(100)))
+    assert 35 <= lo < 50 < hi <= 65
+    a, b = create_model("tiny", width=0.25), create_model("tiny", width=0.25)
+    torch.nn.init.constant_(b.fc1.weight, 0.5)  # other weights, same arithmetic
+    opts = dict(batch=4, warmup=1, min_repeats=2, max_repeats=500, budget_s=5.0, onnx=False, precision=0.5)
+    first = model_cost(a, (3, 32, 32), fresh=True, **opts)
+    # a loose precision stops long before the budget or the cap; the interval lies around the median
+    for n, ms in first["latency_ms"]["pytorch"].items():
+        lo, hi = first["latency_ci_ms"]["pytorch"][n]
+        assert first["repeats"]["pytorch"][n] < 500 and lo <= ms <= hi
+    second = model_cost(b, (3, 32, 32), **opts)
+    assert second["latency_shared"] and second["latency_ms"] == first["latency_ms"] and "latency_shared" not in first
+    assert "latency_shared" not in model_cost(b, (3, 32, 32), fresh=True, **opts)
+    assert "latency_shared" not in model_cost(create_model("tiny", width=0.5), (3, 32, 32), **opts)
+
+
 def _fake_results():
     def model(arch, params, macs, ms, cos):
         return {"arch": arch, "width": 1.0, "params": params, "label": arch, "cosine": {"map": cos, "precision_at": {}},

@@ -304,6 +304,26 @@ def test_information_flow_batches_its_pairs_and_matches_the_per_pair_loss():
     assert not flowkd.InformationFlowLoss(pairs, kernel="cosine").batched
 
 
+def test_pkt_pairs_float32_at_the_student_stage_shapes_matches_the_float64_reference():
+    # the four pairs of the student stage (batch 128), ReLU features with a dead row and a student far from the
+    # origin: the float32 fused chain against the float64 autograd of the separate kernels
+    g = torch.Generator().manual_seed(11)
+    ts = [torch.randn(128, d, generator=g, dtype=torch.float64).relu() for d in (3600, 1152, 256, 128)]
+    ss = [torch.randn(128, d, generator=g, dtype=torch.float64).relu() for d in (1800, 576, 128, 64)]
+    ts[2][7] = 0.0
+    ss[1][9] = 0.0
+    ss[3] = ss[3] + 5.0
+    s64 = [s.clone().requires_grad_() for s in ss]
+    want = torch.stack([separate_autograd(t, s, "jeffreys", 1e-6) for t, s in zip(ts, s64)])
+    w = torch.tensor([100.0, 70.0, 49.0, 1.0], dtype=torch.float64)
+    g64 = torch.autograd.grad((want * w).sum(), s64)
+    s32 = [s.float().requires_grad_() for s in ss]
+    got = flowkd.losses.pkt_pairs([t.float() for t in ts], s32)
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-4, atol=1e-9)
+    for a, b in zip(torch.autograd.grad((got * w.float()).sum(), s32), g64):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pkt_pairs_on_cuda_matches_the_float64_reference():
     g = torch.Generator().manual_seed(7)

@@ -193,3 +193,25 @@ def test_errors():
         evaluate(q, ql, db, dl, k=(11,))
     with pytest.raises(FlowKDError, match="no query has a relevant item"):
         evaluate(q, torch.full_like(ql, 7), db, dl, k=(1,))
+
+
+def test_cpu_ranking_is_the_stable_order_of_the_distances():
+    # ties (kept in database order), negative distances and -0.0 == +0.0: every hit's rank equals the one a
+    # stable argsort of the float distances gives
+    import numpy as np
+
+    from flowkd.retrieval import _hit_positions_cpu
+
+    g = torch.Generator().manual_seed(2)
+    dist = (torch.randint(-6, 7, (9, 300), generator=g).float() / 4)
+    dist[0, :50] = -0.0
+    dist[1] = torch.randn(300, generator=g)
+    dl = torch.randint(0, 3, (300,), generator=g)
+    lb = torch.randint(0, 3, (9,), generator=g)
+    relevant = torch.bincount(dl, minlength=3)[lb]
+    got = _hit_positions_cpu(dist, dl, lb, relevant)
+    for i in range(9):
+        order = np.argsort(dist[i].numpy() + np.float32(0.0), kind="stable")
+        want = np.flatnonzero(dl.numpy()[order] == lb[i].item()) + 1
+        assert got[i, :len(want)].tolist() == want.tolist()
+        assert (got[i, len(want):] == 301).all()

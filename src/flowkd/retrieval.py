@@ -20,14 +20,15 @@ the later hit where the standard levels pick the earlier one.
 How it is computed: after ranking, everything is derived from the ranks of the relevant items alone
 (``P[b, m]`` = rank of the (m+1)-th hit of query b): precision only rises at a hit, so the interpolated
 precision at any rank is the running maximum of hit precisions from the right, and every rank a recall
-level can select is a hit's rank (or rank 1). On the CPU the ranking itself is an exact stable radix sort
-of the distances' bit patterns (two 16-bit passes), run on row blocks in parallel threads.
+level can select is a hit's rank (or rank 1). On the CPU the ranking itself is an exact stable sort of the
+distances' order-preserving int32 bit patterns (torch's integer sort), row by row, rows split over threads.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -47,34 +48,36 @@ def _rev_cummax(x: torch.Tensor) -> torch.Tensor:
     return torch.flip(torch.cummax(torch.flip(x, [1]), 1).values, [1])
 
 
-def _radix_relevance(dist: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """``relevant`` (B, N) permuted, row by row, into the stable ascending order of ``dist`` (B, N) float32:
-    an LSD radix sort on the distances' order-preserving uint32 keys, two stable 16-bit passes."""
-    bits = (dist + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
-    keys = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # float order == unsigned order
-    first = np.argsort(keys.astype(np.uint16), axis=1, kind="stable")  # low 16 bits
-    second = np.argsort(np.take_along_axis((keys >> 16).astype(np.uint16), first, 1), axis=1, kind="stable")
-    return np.take_along_axis(np.take_along_axis(relevant, first, 1), second, 1)
+def _order_keys(dist: torch.Tensor) -> torch.Tensor:
+    """int32 keys whose signed order is the float order of ``dist`` (+0.0 and -0.0 equal)."""
+    bits = (dist + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
-def _relevance_cpu(dist: torch.Tensor, dl: torch.Tensor, lb: torch.Tensor, threads: int) -> torch.Tensor:
-    """Boolean relevance of each rank (B, N), ranking rows in parallel blocks."""
-    d, labels, qlab = dist.numpy(), dl.numpy(), lb.numpy()
-    out = np.empty(d.shape, dtype=bool)
+@contextmanager
+def _intra_op_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
-    def block(s):
-        sl = slice(s, min(s + step, len(d)))
-        out[sl] = _radix_relevance(d[sl], labels[None, :] == qlab[sl, None])
 
-    step = max(1, -(-len(d) // threads))
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(block, range(0, len(d), step)))
-    return torch.from_numpy(out)
+def _hit_positions_cpu(dist: torch.Tensor, dl: torch.Tensor, lb: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """What ``_hit_positions(_relevance(...))`` gives, row by row: each row's int32 keys sorted stably (torch's
+    integer sort; ties keep the database order) and the ranks of the relevant items read off."""
+    b, n = dist.shape
+    pos = torch.full((b, int(relevant.max())), n + 1, dtype=torch.long)
+    for i in range(b):
+        order = torch.sort(_order_keys(dist[i]), stable=True).indices
+        hit = torch.nonzero(dl[order] == lb[i]).squeeze(1)
+        pos[i, :len(hit)] = hit + 1
+    return pos
 
 
 def _relevance(dist: torch.Tensor, dl: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
-    if dist.device.type == "cpu":
-        return _relevance_cpu(dist, dl, lb, max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    """Boolean relevance of each rank (B, N): rows sorted stably by distance."""
     order = torch.sort(dist, dim=1, stable=True).indices
     return dl[order] == lb[:, None]
 
@@ -157,6 +160,38 @@ def evaluate(
     # per-query values, reduced once at the end so the result does not depend on the batch size
     curves, pks, leg_curves, leg_pks = [], [], [], []
     qpos_all = torch.arange(q.shape[0], device=device)
+    threads = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    dl_small = dl.to(torch.uint8 if n_cls <= 256 else torch.int32)  # the labels each CPU row gathers, narrow
+
+    def score(pos, relevant, qpos):
+        """Per-query values from the ranks of the hits (row by row, so any split of the rows gives the same):
+        the curve at the recall levels, P@k, and the legacy curve and P@k (None without ``legacy``)."""
+        rmax = pos.shape[1]
+        j = torch.arange(1, rmax + 1, device=device, dtype=torch.float64)
+        valid = j[None, :] <= relevant[:, None]
+        prec_hit = torch.where(valid, j[None, :] / pos.double(), torch.zeros((), dtype=torch.float64, device=device))
+        interp_hit = _rev_cummax(prec_hit)  # interpolated precision at the rank of each hit
+        m = _level_hits(relevant, levels)
+        at_levels = interp_hit.gather(1, (m - 1).clamp_min(0))  # m = 0 selects rank 1: the max over all hits
+        hits_at_k = torch.searchsorted(pos, kt[None, :].expand(len(pos), -1).contiguous(), right=True)
+        pk = hits_at_k.double() / kt[None, :].double()
+        if not legacy:
+            return at_levels, pk, None, None
+        # reference batches of ``legacy_batch`` queries; a batch of B interpolates only ranks < B - 1,
+        # with the running maximum taken within the first B ranks
+        bsize = torch.clamp(q.shape[0] - (qpos // legacy_batch) * legacy_batch, max=legacy_batch)
+        ml = _level_hits(relevant, legacy_levels)  # the reference's float levels (see the module docstring)
+        sel = torch.where(ml >= 1, pos.gather(1, (ml - 1).clamp_min(0)), torch.ones_like(ml)) - 1  # 0-based rank
+        ranks0 = torch.cat([sel, (kt - 1)[None, :].expand(len(sel), -1)], 1)  # levels, then each k
+        h = min(rmax, legacy_batch)
+        hp, hprec = pos[:, None, :h], prec_hit[:, None, :h]
+        hits_n = torch.searchsorted(pos, (ranks0 + 1).contiguous(), right=True)  # hits within ranks 1..n+1
+        raw = hits_n.double() / (ranks0 + 1).double()
+        in_win = (hp >= (ranks0 + 1)[:, :, None]) & (hp <= bsize[:, None, None])
+        win = torch.where(in_win, hprec, torch.zeros((), dtype=torch.float64, device=device)).amax(2)
+        val = torch.where(ranks0 < (bsize[:, None] - 1), torch.maximum(raw, win), raw)
+        return at_levels, pk, val[:, : len(legacy_levels)], val[:, len(levels):]
+
     for start in range(0, q.shape[0], batch_size):
         qb, lb = q[start:start + batch_size], ql[start:start + batch_size]
         qpos = qpos_all[start:start + batch_size]
@@ -167,36 +202,21 @@ def evaluate(
         if len(qb) == 0:
             continue
         dist = -(qb @ db.T) if metric == "cosine" else db_sq[None, :] - 2.0 * (qb @ db.T)
-        rel = _relevance(dist, dl, lb).to(device)
+        if device.type == "cpu":  # rows ranked and scored in worker threads of one intra-op thread each
+            step = -(-len(qb) // threads)
+            parts = [(dist[s:s + step], lb[s:s + step], relevant[s:s + step], qpos[s:s + step])
+                     for s in range(0, len(qb), step)]
+            with _intra_op_threads(1), ThreadPoolExecutor(threads) as pool:
+                scored = list(pool.map(lambda a: score(_hit_positions_cpu(a[0], dl_small, a[1], a[2]), *a[2:]), parts))
+        else:
+            scored = [score(_hit_positions(_relevance(dist, dl, lb), relevant), relevant, qpos)]
         del dist
-        pos = _hit_positions(rel, relevant)
-        del rel
-        rmax = pos.shape[1]
-        j = torch.arange(1, rmax + 1, device=device, dtype=torch.float64)
-        valid = j[None, :] <= relevant[:, None]
-        prec_hit = torch.where(valid, j[None, :] / pos.double(), torch.zeros((), dtype=torch.float64, device=device))
-        interp_hit = _rev_cummax(prec_hit)  # interpolated precision at the rank of each hit
-        m = _level_hits(relevant, levels)
-        at_levels = interp_hit.gather(1, (m - 1).clamp_min(0))  # m = 0 selects rank 1: the max over all hits
-        curves.append(at_levels)
-        hits_at_k = torch.searchsorted(pos, kt[None, :].expand(len(pos), -1).contiguous(), right=True)
-        pks.append(hits_at_k.double() / kt[None, :].double())
-        if legacy:
-            # reference batches of ``legacy_batch`` queries; a batch of B interpolates only ranks < B - 1,
-            # with the running maximum taken within the first B ranks
-            bsize = torch.clamp(q.shape[0] - (qpos // legacy_batch) * legacy_batch, max=legacy_batch)
-            ml = _level_hits(relevant, legacy_levels)  # the reference's float levels (see the module docstring)
-            sel = torch.where(ml >= 1, pos.gather(1, (ml - 1).clamp_min(0)), torch.ones_like(ml)) - 1  # 0-based rank
-            ranks0 = torch.cat([sel, (kt - 1)[None, :].expand(len(sel), -1)], 1)  # levels, then each k
-            h = min(rmax, legacy_batch)
-            hp, hprec = pos[:, None, :h], prec_hit[:, None, :h]
-            hits_n = torch.searchsorted(pos, (ranks0 + 1).contiguous(), right=True)  # hits within ranks 1..n+1
-            raw = hits_n.double() / (ranks0 + 1).double()
-            in_win = (hp >= (ranks0 + 1)[:, :, None]) & (hp <= bsize[:, None, None])
-            win = torch.where(in_win, hprec, torch.zeros((), dtype=torch.float64, device=device)).amax(2)
-            val = torch.where(ranks0 < (bsize[:, None] - 1), torch.maximum(raw, win), raw)
-            leg_curves.append(val[:, : len(legacy_levels)])
-            leg_pks.append(val[:, len(levels):])
+        for c, p, lc, lp in scored:
+            curves.append(c)
+            pks.append(p)
+            if legacy:
+                leg_curves.append(lc)
+                leg_pks.append(lp)
     if not curves:
         raise FlowKDError("no query has a relevant item in the database (do the label sets overlap?)")
     curve = torch.cat(curves)

@@ -18,6 +18,13 @@ Backward, g = d loss / d value, ``l`` the divergence's log epsilon:
   Student-t: dd2 = off-diagonal part of -dKt Kt^2 / (2 sqrt(d2 + e)),  E = dd2 + dd2^T;
              dX += (2 diag(rowsum E) - 2 E) C
 The clamp at zero is a rounding guard (d2 is a squared distance), so its gradient is taken as passing.
+One product per student: T = 2 diag(rowsum E) - 2 E has rows summing to zero, so T C = T X and
+dX = (M + T) X, M the cosine's matrix: half the backward's multiply-adds. (Rounding: T X sums terms of size
+|x| where T C sums terms of size |x - mean|, a factor |x| / |x - mean| on one fp32 rounding, where the
+forward's distances would lose that factor squared; the other way round, (M + T) C + (M 1) mean^T, cancels
+M's 1 / eps entries of a zero row, so that one is not used.)
+The products are the arithmetic (4 pairs of the student stage: 2 N^2 D per matrix forward, N^2 D per student
+backward, about 290 M multiply-adds); ``benchmarks/bench_pkt.py`` measures the rest.
 ``tests/test_pkt.py`` checks values and gradients against loop references, the autograd of the separate
 kernels, and finite differences.
 """
@@ -33,15 +40,13 @@ __all__ = ["pkt_stack", "pkt_target"]
 
 def _kernels(xs: list[torch.Tensor]):
     """The cosine and Student-t kernels of M matrices of one batch, stacked (2, M, N, N), and the pieces the
-    backward needs: the centred matrices, the cosines (A / n n^T), n n^T, ||x||, sqrt(d2 + e)."""
+    backward needs: the cosines (A / n n^T), n n^T, ||x||, sqrt(d2 + e)."""
     m, n = len(xs), xs[0].shape[0]
     gram = xs[0].new_empty(2, m, n, n)  # raw and centred Gram matrices, written in place by the products
-    cen = []
     for i, x in enumerate(xs):
         torch.mm(x, x.T, out=gram[0, i])
         c = x - x.mean(0, keepdim=True)
         torch.mm(c, c.T, out=gram[1, i])
-        cen.append(c)
     raw, g = gram[0], gram[1]
     norm = torch.diagonal(raw, dim1=1, dim2=2).sqrt()           # (M, N)
     ne = norm + EPS
@@ -54,7 +59,7 @@ def _kernels(xs: list[torch.Tensor]):
     d2.diagonal(dim1=1, dim2=2).zero_()
     dist = d2.add_(EPS).sqrt_()
     torch.add(dist, 1.0, out=k[1]).reciprocal_()
-    return k, cen, cos, outer, norm, dist
+    return k, cos, outer, norm, dist
 
 
 class _PKTStack(torch.autograd.Function):
@@ -63,7 +68,7 @@ class _PKTStack(torch.autograd.Function):
         # mats: the L teacher matrices, then the L student matrices, flat, of one floating dtype; or, when
         # ``target`` holds the teachers' (P, log(P + l)) (see pkt_target), the L student matrices only
         L = n_pairs
-        k, cen, cos, outer, norm, dist = _kernels(list(mats))
+        k, cos, outer, norm, dist = _kernels(list(mats))
         r = k.sum(-1, keepdim=True)
         q = k / r
         le = log_eps or 0.0
@@ -78,15 +83,15 @@ class _PKTStack(torch.autograd.Function):
         d = (p - qs) * ld if not kl else p * ld
         value = d.mean((-1, -2))                                   # (2, L): cosine values, Student-t values
         ctx.kl, ctx.n, ctx.first = kl, k.shape[-1], 4 + (L if target is None else 0)
-        ctx.save_for_backward(*mats[s], *cen[s], k[:, s], r[:, s], qs, qe[:, s], p, ld, cos[s], outer[s], norm[s], dist[s])
+        ctx.save_for_backward(*mats[s], k[:, s], r[:, s], qs, qe[:, s], p, ld, cos[s], outer[s], norm[s], dist[s])
         return value
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         saved = ctx.saved_tensors
-        L = (len(saved) - 10) // 2
-        xs, cen = saved[:L], saved[L:2 * L]
-        k, r, q, qe, p, ld, cos, outer, norm, dist = saved[2 * L:]
+        L = len(saved) - 10
+        xs = saved[:L]
+        k, r, q, qe, p, ld, cos, outer, norm, dist = saved[L:]
         with torch.autocast(device_type=grad.device.type, enabled=False):
             scale = grad.to(q.dtype)[:, :, None, None] * (-1.0 / ctx.n**2)
             dq = (p / qe) if ctx.kl else ((p - q).div_(qe).add_(ld))
@@ -102,8 +107,8 @@ class _PKTStack(torch.autograd.Function):
             dd2.diagonal(dim1=1, dim2=2).zero_()
             e2 = (dd2 + dd2.transpose(1, 2)).mul_(-2.0)
             e2.diagonal(dim1=1, dim2=2).sub_(e2.sum(-1))
-            grads = [torch.addmm(torch.mm(m1[i], xs[i]), e2[i], cen[i]) if ctx.needs_input_grad[ctx.first + i] else None
-                     for i in range(L)]
+            w = m1.add_(e2)                                             # M + T
+            grads = [torch.mm(w[i], xs[i]) if ctx.needs_input_grad[ctx.first + i] else None for i in range(L)]
         return (None, None, None, None, *([None] * (ctx.first - 4)), *grads)
 
 
