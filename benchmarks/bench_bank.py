@@ -143,7 +143,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    md = [f"# The bank of teacher views: the PreAct ResNet-18's pass on this machine\n",
+    md = ["# The bank of teacher views: the PreAct ResNet-18's pass on this machine\n",
           f"`{res['command']}` — {res['machine']['cpu']}, {res['machine']['threads']} threads, torch "
           f"{res['machine']['torch']}, load average {', '.join(f'{v:.1f}' for v in res['machine']['load_avg'])} "
           f"(other jobs shared the cores: compare the columns, not the absolute rates); {res['images']} CIFAR-10 "
