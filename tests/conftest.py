@@ -13,3 +13,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _bank_cache(tmp_path_factory):
+    """Banks of teacher views that a test does not place itself go to a temporary folder, never ~/.cache."""
+    old = os.environ.get("FLOWKD_CACHE")
+    os.environ["FLOWKD_CACHE"] = str(tmp_path_factory.mktemp("flowkd-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FLOWKD_CACHE", None)
+    else:
+        os.environ["FLOWKD_CACHE"] = old

@@ -103,11 +103,16 @@ def test_cifar_comparison_config_runs_every_method_on_small_folder(tmp_path):
     _image_folder(tmp_path / "imgs", {"train": 2, "test": 1})
     cfg = load_config(ROOT / "configs" / "compare_cifar10.toml",
                       ["data.name=imagefolder", f"data.root={tmp_path / 'imgs'}", "models.teacher.weights=''",
-                       "device=cpu", "progress=false", "data.batch_size=20", "fast.amp=none", "eval.cost=static"])
+                       "device=cpu", "progress=false", "data.batch_size=20", "fast.amp=none", "eval.cost=static",
+                       f"models.teacher.bank={tmp_path / 'banks'}"])
     for s in cfg.stages:
         s.epochs, s.lr = [1], [1e-3]
     res = Pipeline(cfg, tmp_path / "run", log=lambda *a: None).run()
-    assert len(res["stages"]) == 13
+    assert len(res["stages"]) == 15
+    # the ResNet-18's students and the auxiliary's PKT stage read its bank of views; FitNets' hint one view
+    banked = {k for k, v in res["stages"].items() if v.get("teacher_views")}
+    assert banked == {"fitnet_hint", "kd", "fitnet", "at", "sp", "pkt_last", "flow_direct", "aux_pkt"}
+    assert res["stages"]["fitnet_hint"]["teacher_views"] == 1 and res["stages"]["kd"]["teacher_views"] == 4
     assert list(res["stages"]["at"]["pairs"][0]) == ["layer1@map", "pool1@map"]
     assert res["stages"]["fitnet_hint"]["loss"] == "fitnet"
     for name, m in res["models"].items():
