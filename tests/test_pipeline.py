@@ -70,7 +70,7 @@ def test_resume_skips_completed_stages(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert again["models"]["student"]["cosine"]["map"] == first["models"]["student"]["cosine"]["map"]
     code, _, err = run_cli(args + ["--resume", "--set", "seed=3"], capsys)
-    assert code == 2 and "config differs" in err
+    assert code == 2 and "cannot resume with another config: seed was 0" in err
 
 
 def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):

@@ -49,7 +49,6 @@ def one_error(capsys, code, *fragments):
     ("eval.k=[10, 0]", "eval.k must be a list of whole numbers, each >= 1, got [10, 0]"),
     ("eval.cost_budget_s=0", "eval.cost_budget_s must be a number > 0"),
     ("analysis.probe_size=1", "analysis.probe_size must be a whole number >= 2, got 1"),
-    ("fast.student_workers=0", "fast.student_workers must be a whole number >= 1"),
     ("seed=-1", "seed must be a whole number >= 0, got -1"),
     ("stages.student.lr=[nan, 1e-4]", "learning rates must be finite numbers > 0"),
 ])

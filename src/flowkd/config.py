@@ -117,7 +117,7 @@ class FastConfig:
     channels_last: Union[bool, str] = "auto"  # models and batches in channels_last memory format; auto: on a CPU
     compile: bool = False           # torch.compile every trained model (launch-bound small students)
     cuda_graph: bool = False        # capture each epoch's whole training step as one CUDA graph (CUDA only)
-    student_workers: Union[PosInt, str] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
+    student_workers: Union[int, str] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
     inference_teacher: bool = True  # teachers run under torch.inference_mode
 
 
