@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -250,20 +250,25 @@ class ViewBank:
         if done_file.is_file() and all(p.is_file() for p in partial.values()):
             start = int(done_file.read_text().split()[0])  # a killed computation: go on after its last chunk
         arrays: dict[Entry, np.ndarray] = {}
-        t0, bar = time.perf_counter(), _bar(n - start, f"[{self.name}] bank view {k + 1}/{count}", self.progress)
-        cast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if self.precision == "bf16"
-                else contextlib.nullcontext())
-        channels_last = dev.type == "cpu" or dev.type == "cuda"
         frozen = FrozenTaps(self.teacher, taps, inference_mode=True)
         was_training = self.teacher.training
         self.teacher.eval()
+        setting, bar = None, None
+
+        def run():  # the pass's precision (and, measured, its threads)
+            if setting is not None:
+                return setting.context()
+            return (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
         try:
-            for lo in range(start, n, self.batch_size):
-                hi = min(n, lo + self.batch_size)
+            setting = self._setting(frozen, views)
+            batch = setting.batch if setting is not None else self.batch_size
+            t0, bar = time.perf_counter(), _bar(n - start, f"[{self.name}] bank view {k + 1}/{count}", self.progress)
+            for lo in range(start, n, batch):
+                hi = min(n, lo + batch)
                 x = data.normalize(apply_views(data.images[lo:hi], views[lo:hi], self.loader.pad))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with cast:
+                x = setting.prepare(x) if setting is not None else x.contiguous(memory_format=torch.channels_last)
+                with run():
                     out = frozen(x)
                 for e, form in entries.items():
                     v = out[e.tap]
@@ -275,7 +280,7 @@ class ViewBank:
                         arrays[e] = np.lib.format.open_memmap(partial[e], mode=mode, dtype=v.dtype,
                                                               shape=(n, *v.shape[1:]))
                     arrays[e][lo:hi] = v
-                if hi == n or (hi // self.batch_size) % 8 == 0:  # every 8 batches: what is written is kept
+                if hi == n or ((hi - start) // batch) % 8 == 0:  # every 8 batches: what is written is kept
                     for a in arrays.values():
                         a.flush()
                     atomic_write_text(done_file, f"{hi}\n")
@@ -294,8 +299,23 @@ class ViewBank:
         done_file.unlink(missing_ok=True)
         dt = time.perf_counter() - t0
         mib = sum(self.path(k, e).stat().st_size for e in entries) / 2**20
+        how = setting.summary().split(":")[0] if setting is not None else f"batch {batch}, {self.precision}"
         self.log(f"[{self.name}] bank view {k + 1}/{count}: {n - start} images in {dt:.1f}s "
-                 f"({(n - start) / max(dt, 1e-9):.0f} images/s, {self.precision}), {mib:.1f} MiB in {self.dir}")
+                 f"({(n - start) / max(dt, 1e-9):.0f} images/s; {how}), {mib:.1f} MiB in {self.dir}")
+
+    def _setting(self, frozen: FrozenTaps, views: torch.Tensor):
+        """The fastest way to run the teacher's pass on this machine (batch, memory format, threads), measured on
+        the first images, at the bank's precision (part of its fingerprint); None for a small dataset (not worth
+        measuring: the bank's batch size, channels_last)."""
+        if len(self.data) < 4096:
+            return None
+        from .inference import fastest_setting
+
+        sample = self.data.normalize(apply_views(self.data.images[:256], views[:256], self.loader.pad))
+        setting = fastest_setting(self.teacher, sample, sample.device, forward=lambda m, x: frozen(x),
+                                  bf16=self.precision == "bf16", tolerance=float("inf"))
+        setting.apply(self.teacher)
+        return setting
 
     def array(self, k: int, entry: Entry) -> np.ndarray:
         key = (k, entry)
