@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .analysis.probe import FlowProbe
+from .compiled import compile_or_eager
 from .config import Config, to_dict
 from .data.arrays import ArrayDataset
 from .distributed import init_distributed
@@ -60,7 +61,7 @@ class Pipeline:
 
                 model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.cfg.fast.compile:
-                model = torch.compile(model)
+                model = compile_or_eager(model, self.device, self.log)  # eager, with one line, without a C++ compiler
             self._forward[name] = model
         return self._forward[name]
 
