@@ -166,6 +166,7 @@ class ViewBank:
                 self._check_manifest(json.loads((self.dir / "manifest.json").read_text()))
         self._views: list[torch.Tensor] = []  # view k: each image's view id
         self._tables: dict[int, torch.Tensor] = {}
+        self._settings: dict = {}  # the fastest pass setting measured, by the taps read
         self._open: dict[tuple[int, Entry], np.ndarray] = {}
 
     def _check_manifest(self, manifest: dict) -> None:
@@ -261,9 +262,10 @@ class ViewBank:
             return (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if self.precision == "bf16"
                     else contextlib.nullcontext())
         try:
-            setting = self._setting(frozen, views)
+            t0 = time.perf_counter()  # the view's time counts the search for the fastest setting, when there is one
+            setting = self._setting(frozen, taps, views)
             batch = setting.batch if setting is not None else self.batch_size
-            t0, bar = time.perf_counter(), _bar(n - start, f"[{self.name}] bank view {k + 1}/{count}", self.progress)
+            bar = _bar(n - start, f"[{self.name}] bank view {k + 1}/{count}", self.progress)
             for lo in range(start, n, batch):
                 hi = min(n, lo + batch)
                 x = data.normalize(apply_views(data.images[lo:hi], views[lo:hi], self.loader.pad))
@@ -303,18 +305,23 @@ class ViewBank:
         self.log(f"[{self.name}] bank view {k + 1}/{count}: {n - start} images in {dt:.1f}s "
                  f"({(n - start) / max(dt, 1e-9):.0f} images/s; {how}), {mib:.1f} MiB in {self.dir}")
 
-    def _setting(self, frozen: FrozenTaps, views: torch.Tensor):
+    def _setting(self, frozen: FrozenTaps, taps: list, views: torch.Tensor):
         """The fastest way to run the teacher's pass on this machine (batch, memory format, threads), measured on
         the first images, at the bank's precision (part of its fingerprint); None for a small dataset (not worth
         measuring: the bank's batch size, channels_last)."""
         if len(self.data) < 4096:
             return None
+        key = tuple(taps)
+        if key in self._settings:  # measured once per bank and set of taps, not once per view
+            self._settings[key].apply(self.teacher)
+            return self._settings[key]
         from .inference import fastest_setting
 
         sample = self.data.normalize(apply_views(self.data.images[:256], views[:256], self.loader.pad))
         setting = fastest_setting(self.teacher, sample, sample.device, forward=lambda m, x: frozen(x),
                                   bf16=self.precision == "bf16", tolerance=float("inf"))
         setting.apply(self.teacher)
+        self._settings[key] = setting
         return setting
 
     def array(self, k: int, entry: Entry) -> np.ndarray:
