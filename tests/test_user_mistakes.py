@@ -2,30 +2,18 @@
 Python API and checks the exit code, the single message line (no traceback), and that no file of the user's
 was changed or left half-written; the silently-wrong cases refuse or warn once."""
 
-from importlib import resources
 
 import pytest
 import torch
 
 import flowkd
 from flowkd.cli import main
+from helpers import DEMO, ZERO, one_error
 from flowkd.data.arrays import ArrayDataset, Loader
 from flowkd.errors import FlowKDError
 from flowkd.models import create_model
 
-DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
-ZERO = ["stages.teacher.epochs=[0]", "stages.aux_labels.epochs=[0, 0]", "stages.aux_pkt.epochs=[0, 0]",
-        "stages.student.epochs=[0, 0]", "stages.student_labels.epochs=[0, 0]", "stages.student_pkt.epochs=[0, 0]"]
 
-
-def one_error(capsys, code, *fragments):
-    """Exit 2 and exactly one stderr line ``flowkd: error: ...`` holding every fragment."""
-    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("flowkd: warning:")]
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("flowkd: error: "), err
-    for f in fragments:
-        assert f in err[0], (f, err[0])
-    return err[0]
 
 
 def run(tmp_path, *sets, out="run", config=DEMO, extra=()):

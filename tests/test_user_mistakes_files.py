@@ -4,26 +4,15 @@ any command) unless --force; one process per run folder; a write that fails leav
 import errno
 import json
 import os
-from importlib import resources
 
 import pytest
 
 from flowkd.cli import main
+from helpers import DEMO, ZERO, one_error
 from flowkd.rundir import RunLock
 
-DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
-ZERO = ["stages.teacher.epochs=[0]", "stages.aux_labels.epochs=[0, 0]", "stages.aux_pkt.epochs=[0, 0]",
-        "stages.student.epochs=[0, 0]", "stages.student_labels.epochs=[0, 0]", "stages.student_pkt.epochs=[0, 0]"]
 ONE = [s.replace("student_labels.epochs=[0, 0]", "student_labels.epochs=[1, 0]") for s in ZERO]
 
-
-def one_error(capsys, code, *fragments):
-    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("flowkd: warning:")]
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("flowkd: error: "), err
-    for f in fragments:
-        assert f in err[0], (f, err[0])
-    return err[0]
 
 
 def run_args(out, sets=ZERO, *extra):

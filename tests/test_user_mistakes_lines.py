@@ -1,7 +1,6 @@
 """Issue 27: degenerate training refused, first-day tracebacks turned into one line, and unclear lines made
 clear. The CLI prints one `flowkd: error:` line and exits 2; the API raises FlowKDError with the same words."""
 
-from importlib import resources
 
 import pytest
 import torch
@@ -9,24 +8,13 @@ from torch import nn
 
 import flowkd
 from flowkd.cli import main
+from helpers import DEMO, DEMO_TEXT, ZERO, one_error
 from flowkd.config import config_from_toml
 from flowkd.data.arrays import ArrayDataset
 from flowkd.errors import FlowKDError
 from flowkd.models import create_model
 
-DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
-DEMO_TEXT = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
-ZERO = ["stages.teacher.epochs=[0]", "stages.aux_labels.epochs=[0, 0]", "stages.aux_pkt.epochs=[0, 0]",
-        "stages.student.epochs=[0, 0]", "stages.student_labels.epochs=[0, 0]", "stages.student_pkt.epochs=[0, 0]"]
 
-
-def one_error(capsys, code, *fragments):
-    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("flowkd: warning:")]
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("flowkd: error: "), err
-    for f in fragments:
-        assert f in err[0], (f, err[0])
-    return err[0]
 
 
 def run(out, *sets, extra=()):

@@ -1,26 +1,16 @@
 """Issue 27, numbers out of range and untyped options: every numeric option (TOML, --set, a CLI flag, an API
 argument) is checked where it enters, and the one line names the option and its range. Nothing trains."""
 
-from importlib import resources
 
 import pytest
 
 from flowkd.checks import Range, check_number
 from flowkd.cli import main
+from helpers import DEMO, DEMO_TEXT, one_error
 from flowkd.config import config_from_toml
 from flowkd.errors import FlowKDError
 
-DEMO_TEXT = resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text()
-DEMO = str(resources.files("flowkd").joinpath("configs/digits_demo.toml"))
 
-
-def one_error(capsys, code, *fragments):
-    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("flowkd: warning:")]
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("flowkd: error: "), err
-    for f in fragments:
-        assert f in err[0], (f, err[0])
-    return err[0]
 
 
 @pytest.mark.parametrize("override, message", [
