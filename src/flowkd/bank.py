@@ -12,8 +12,8 @@ the pooled map or vector for PKT and the information flow, the attention map for
 *entry* ``(tap, form, dtype)``: float16 unless the loss asks for more (KD's logits stay float32).
 
 Files: ``<root>/<fingerprint>/`` holds ``manifest.json`` (what the bank depends on: teacher weights, data,
-augmentation, view seed, precision), ``views.npy`` is not needed (views are recomputed from the seed and
-checked), and ``view-<k>/<entry>.npy`` per view and entry, memory-mapped when read. A view's file is written
+augmentation, view seed, precision) and ``view-<k>/<entry>.npy`` per view and entry, memory-mapped when read; the
+view ids are not stored (they are drawn again from the view seed, which the fingerprint covers). A view's file is written
 under a temporary name with a progress file beside it, then renamed: a killed computation resumes at the
 last chunk it finished; a reader only ever sees whole files. The fingerprint covers everything the values
 depend on except K, so a bank of 4 views is the first 4 views of one of 8: every stage, student, seed and run
@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -75,17 +75,12 @@ def entry_for(tap: str, loss: nn.Module) -> tuple[Entry, Callable | None]:
 
 def bank_precision(setting: str, device: torch.device) -> str:
     """The teacher pass's precision: ``setting`` fp32 / bf16, or "auto": bf16 where the device computes it natively
-    (a GPU that supports it; a CPU with AVX-512 BF16 or AMX), else fp32."""
+    (``flowkd.inference.bf16_supported``), else fp32."""
     if setting != "auto":
         return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-        except (AttributeError, RuntimeError):
-            return "fp32"
-    return "fp32"
+    from .inference import bf16_supported
+
+    return "bf16" if bf16_supported(device) else "fp32"
 
 
 def default_root() -> Path:
@@ -198,9 +193,6 @@ class ViewBank:
 
     def has(self, k: int, entry: Entry) -> bool:
         return self.path(k, entry).is_file()
-
-    def bytes_per_view(self, entries: Iterable[Entry], shapes: Mapping[Entry, tuple]) -> int:
-        return sum(int(np.prod(shapes[e])) * np.dtype(_STORE[e.dtype][1]).itemsize for e in entries)
 
     def ensure(self, wanted: Mapping[Entry, Callable | None], count: int | Mapping[Entry, int]) -> None:
         """Compute what is missing of ``wanted`` (entry -> its reduction) for views 0 .. count-1 (``count``: one

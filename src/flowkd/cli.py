@@ -20,15 +20,22 @@ from .errors import FlowKDError, first_line
 __all__ = ["main"]
 
 
-def _run(args) -> int:
+def _config(args):
+    """The config of `run` / `bank`: the file, its --set overrides, then --device and --no-progress."""
     from .config import load_config
-    from .pipeline import Pipeline, results_table
 
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
     if args.no_progress:
         cfg.progress = False
+    return cfg
+
+
+def _run(args) -> int:
+    from .pipeline import Pipeline, results_table
+
+    cfg = _config(args)
     if args.tensorboard:
         cfg.tensorboard = True
     res = Pipeline(cfg, args.out, resume=args.resume).run()
@@ -39,15 +46,9 @@ def _run(args) -> int:
 
 
 def _bank(args) -> int:
-    from .config import load_config
     from .pipeline import build_banks
 
-    cfg = load_config(args.config, args.set)
-    if args.device:
-        cfg.device = args.device
-    if args.no_progress:
-        cfg.progress = False
-    for name, bank in build_banks(cfg).items():
+    for name, bank in build_banks(_config(args)).items():
         print(f"{name}: {bank.size() / 2**20:.0f} MiB in {bank.dir}")
     return 0
 
