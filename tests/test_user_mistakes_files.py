@@ -129,7 +129,7 @@ def test_compare_refuses_a_folder_that_is_not_a_comparison_and_repeated_seeds(tm
     assert main([*args, "--out", str(tmp_path / "cmp"), "--seeds", "0", "--reuse"]) == 0  # its own results: replaced
     (res / "compare_mine.md").write_text("my table")
     one_error(capsys, main([*args, "--out", str(tmp_path / "cmp"), "--seeds", "0", "--reuse", "--name", "mine"]),
-              "compare_mine.md already exists", "--force")
+              "the results file", "compare_mine.md already exists", "choose another --results-dir or --name", "--force")
     assert (res / "compare_mine.md").read_text() == "my table"
 
 

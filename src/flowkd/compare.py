@@ -202,7 +202,7 @@ def check_plan(config, seeds, out_dir, results: list[Path], *, reuse: bool, forc
             raise FlowKDError(f"{run} already holds a run of seed {seed}; add --reuse to read it (and resume an "
                               "unfinished one) or choose another --out")
     for path in results:
-        check_output(path, "--results-dir's", force=force, ours=_is_results)
+        check_output(path, "the results file", force=force, ours=_is_results, choose="--results-dir or --name")
 
 
 def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print,

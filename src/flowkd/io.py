@@ -62,10 +62,11 @@ def _run_above(path: Path) -> Path | None:
     return next((d for d in path.parents if is_run(d)), None)
 
 
-def check_output(path, option: str, *, force: bool = False, ours=None) -> Path:
-    """The one rule for a file a command writes (``option`` names it for the message, e.g. ``--out``): it may
-    not exist yet; it may be a file flowkd made for this same purpose (``ours(path)`` is true); with ``force``
-    it may be anything but a folder. Checked before any work, so a refusal costs nothing."""
+def check_output(path, option: str, *, force: bool = False, ours=None, choose: str = "") -> Path:
+    """The one rule for a file a command writes (``option`` names it for the message, e.g. ``--out``; ``choose``
+    names what the user changes to pick another file, when that is not ``option`` itself): it may not exist yet;
+    it may be a file flowkd made for this same purpose (``ours(path)`` is true); with ``force`` it may be
+    anything but a folder. Checked before any work, so a refusal costs nothing."""
     path = Path(path)
     if path.is_dir():
         raise FlowKDError(f"{option} {path} is a folder; give a file name")
@@ -75,7 +76,7 @@ def check_output(path, option: str, *, force: bool = False, ours=None) -> Path:
     run = _run_above(path.resolve())
     what = f", a file of the run in {run}" if run else ""
     raise FlowKDError(f"{option} {path} already exists{what}; flowkd does not write over a file it did not make "
-                      f"for this: choose another {option}, or add --force to replace it")
+                      f"for this: choose another {choose or option}, or add --force to replace it")
 
 
 def _atomic(path: Path, write) -> None:
