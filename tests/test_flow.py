@@ -88,3 +88,58 @@ def test_adaptive_schedule_ends_the_critical_period_when_mi_flattens():
     assert [s(e, 2)[0] for e in range(8)] == [100, 100, 100, 100, 100, 50, 25, 12.5]
     assert all(s(e, 2)[1] == 1.0 for e in range(8))
     assert SCHEDULES.get("adaptive") is AdaptiveCriticalPeriod
+
+
+def test_a_pair_may_name_its_own_loss_pkt_then_kd_on_the_logits(tmp_path):
+    """``pairs = [[t, s], [t, s, "kd"]]``: the first pair is the stage's PKT, the second Hinton KD (its default
+    T = 4), weighted by the schedule; checked against loop references written in the tests (test_pkt, test_baselines)."""
+    from test_baselines import ref_kd
+    from test_pkt import ref_pkt
+
+    import tomllib
+    from importlib import resources
+
+    from flowkd.config import config_from_dict
+    from flowkd.pipeline import Pipeline
+
+    data = tomllib.loads(resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text())
+    for st in data["stages"]:
+        if st["name"] == "student":
+            st.pop("pairs_from")
+            st["pairs"] = [["fc1_relu", "fc1_relu"], ["fc2", "fc2", "kd"]]
+    p = Pipeline(config_from_dict(data), tmp_path / "unused", log=lambda *a: None)
+    p.load()
+    stages = p.build()
+    try:
+        flow = next(st for st in stages if st.name == "student").flow
+        assert [type(l).__name__ for l in flow.pair_losses] == ["PKTLoss", "HintonKD"]
+        assert flow.pair_losses[1].temperature == 4.0
+        g = torch.Generator().manual_seed(0)
+        t = {"fc1_relu": torch.rand(6, 16, generator=g), "fc2": torch.randn(6, 10, generator=g) * 3}
+        s = {"fc1_relu": torch.rand(6, 8, generator=g), "fc2": torch.randn(6, 10, generator=g) * 3}
+        terms = flow(t, s, epoch=2)
+        pkt = ref_pkt(t["fc1_relu"], s["fc1_relu"], "combined", "jeffreys")
+        kd = ref_kd(t["fc2"], s["fc2"], 4.0)
+        assert terms["pkt/fc1_relu~fc1_relu"].item() == pytest.approx(pkt, rel=1e-4)
+        assert terms["kd/fc2~fc2"].item() == pytest.approx(kd, rel=1e-4)
+        assert terms["loss"].item() == pytest.approx(100 * 0.7**2 * pkt + kd, rel=1e-4)
+    finally:
+        for st in stages:
+            st.close()
+
+
+def test_a_pair_naming_an_unknown_loss_or_four_items_is_one_line():
+    import tomllib
+    from importlib import resources
+
+    from flowkd.config import config_from_dict
+
+    data = tomllib.loads(resources.files("flowkd").joinpath("configs/digits_demo.toml").read_text())
+    st = next(s for s in data["stages"] if s["name"] == "student")
+    st.pop("pairs_from")
+    st["pairs"] = [["fc1_relu", "fc1_relu", "kdd"]]
+    with pytest.raises(FlowKDError, match=r"pair 1 names the loss 'kdd'; valid: .*kd"):
+        config_from_dict(data)
+    st["pairs"] = [["fc1_relu", "fc1_relu", "kd", "x"]]
+    with pytest.raises(FlowKDError, match=r"\[teacher tap, student tap, loss\]"):
+        config_from_dict(data)

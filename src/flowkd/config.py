@@ -80,7 +80,8 @@ class StageConfig:
     lr: list[float] = field(default_factory=lambda: [1e-3])   # one rate per phase of `epochs`
     optimizer: str = "adam"         # adam | sgd
     weight_decay: NonNegFloat = 0.0
-    pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep
+    pairs: list[list[str]] = field(default_factory=list)  # [[teacher tap, student tap], ...] shallow -> deep; a pair
+                                    # may name its own loss as a third item ([t, s, "kd"]: that loss, its defaults)
     pairs_from: str = "representation"  # when `pairs` is empty: representation | flow (the models' own taps)
     # the pairs' weights: { name = <schedule>, <its options> } (flowkd.schedules; an option the schedule
     # does not take is an error)
@@ -277,6 +278,12 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def pair_loss_names(s: StageConfig) -> list[str]:
+    """Each pair's loss: the third item of a pair that names one, else the stage's ``loss`` (one entry when the
+    pairs are not listed)."""
+    return [p[2] if len(p) == 3 else s.loss for p in s.pairs] or [s.loss]
+
+
 def pair_loss_options(s: StageConfig) -> dict:
     """The options of a stage's pair loss: ``loss_options``, plus ``kernel``/``divergence``/``log_eps`` for PKT."""
     top = {k: v for k, v in (("kernel", s.kernel), ("divergence", s.divergence), ("log_eps", s.log_eps))
@@ -329,8 +336,9 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: unknown teacher {s.teacher!r}; models: {', '.join(cfg.models)}")
         check_plan(s.epochs, s.lr, f"stage {s.name!r}")
         _validate_stage_options(s)
-        if any(len(p) != 2 for p in s.pairs):
-            raise FlowKDError(f"stage {s.name!r}: each of pairs must be [teacher tap, student tap]")
+        if any(len(p) not in (2, 3) for p in s.pairs):
+            raise FlowKDError(f"stage {s.name!r}: each of pairs must be [teacher tap, student tap] or [teacher tap, "
+                              "student tap, loss]")
         if s.pairs_from not in ("representation", "flow"):
             raise FlowKDError(f"stage {s.name!r}: pairs_from must be 'representation' or 'flow'")
         if s.augment not in (True, False, "auto"):
@@ -405,8 +413,9 @@ def _check_relational_batches(cfg: Config) -> None:
     if cfg.data.batch_size >= 2:
         return
     for s in cfg.stages:
-        if s.kind == "distill" and sum(s.epochs) and getattr(PAIR_LOSSES.typed(s.loss), "relational", False):
-            raise FlowKDError(f"data.batch_size = {cfg.data.batch_size}: stage {s.name!r}'s loss {s.loss!r} compares "
+        relational = [n for n in pair_loss_names(s) if getattr(PAIR_LOSSES.typed(n), "relational", False)]
+        if s.kind == "distill" and sum(s.epochs) and relational:
+            raise FlowKDError(f"data.batch_size = {cfg.data.batch_size}: stage {s.name!r}'s loss {relational[0]!r} compares "
                               "the samples of a batch with each other, and a batch of one has no pairs (every term "
                               "would be 0 and the student would learn nothing); use data.batch_size >= 2 (the paper: 128)")
 
@@ -430,6 +439,9 @@ def _validate_stage_options(s: StageConfig) -> None:
         raise FlowKDError(f"{where}: every pair weight of its schedule is 0 at every epoch and ce_weight is 0, so the "
                           "loss is 0 and nothing is learnt; give the schedule a weight (or final) above 0")
     PAIR_LOSSES.get(s.loss)
+    for i, p in enumerate(s.pairs):
+        if len(p) == 3 and p[2] not in PAIR_LOSSES:
+            raise FlowKDError(f"{where}: pair {i + 1} names the loss {p[2]!r}; valid: {', '.join(PAIR_LOSSES.names())}")
     pkt_only = [k for k in ("kernel", "divergence", "log_eps") if getattr(s, k) not in ("", None)]
     if s.loss != "pkt" and pkt_only:
         raise FlowKDError(f"{where}: {', '.join(pkt_only)} apply to loss 'pkt' only; this stage's loss is {s.loss!r}")

@@ -26,8 +26,8 @@ class InformationFlowLoss(nn.Module):
 
     ``pairs`` are (teacher tap, student tap) spec strings (see ``flowkd.taps``); the last pair is the
     final representation. The taps are named only here: ``teacher_taps``/``student_taps`` give the
-    specs to hook. ``forward`` returns named terms: ``loss`` (the weighted sum), and per pair the raw
-    ``pkt/<t>~<s>`` value and its weight ``w/<t>~<s>``.
+    specs to hook. ``forward`` returns named terms: ``loss`` (the weighted sum), and per pair the raw loss
+    ``<loss>/<t>~<s>`` (``pkt/...`` by default) and its weight ``w/<t>~<s>``.
     """
 
     def __init__(
@@ -39,7 +39,7 @@ class InformationFlowLoss(nn.Module):
         log_eps: float | None = 1e-6,
         *,
         pair_losses: Sequence[nn.Module] | None = None,
-        term: str = "pkt",
+        term: str | Sequence[str] = "pkt",
     ):
         super().__init__()
         pairs = [tuple(p) for p in pairs]
@@ -54,7 +54,9 @@ class InformationFlowLoss(nn.Module):
         if len(pair_losses) != len(pairs):
             raise FlowKDError(f"{len(pair_losses)} pair losses for {len(pairs)} layer pairs")
         self.pair_losses = nn.ModuleList(pair_losses)
-        self.term = term
+        self.terms = [term] * len(pairs) if isinstance(term, str) else list(term)  # each pair's loss, by name
+        if len(self.terms) != len(pairs):
+            raise FlowKDError(f"{len(self.terms)} loss names for {len(pairs)} layer pairs")
         self.names = [f"{t}~{s}" for t, s in pairs]
         # the pairs' weights of the current epoch: device memory written in place by begin_epoch before each
         # epoch, so a captured step reads each epoch's weights without re-capture
@@ -118,7 +120,7 @@ class InformationFlowLoss(nn.Module):
         weights = weights.to(stacked.device)
         terms: dict[str, torch.Tensor] = {}
         for i, (name, value) in enumerate(zip(self.names, stacked.unbind(0))):
-            terms[f"{self.term}/{name}"] = value.detach()
+            terms[f"{self.terms[i]}/{name}"] = value.detach()
             terms[f"w/{name}"] = weights[i]
         terms["loss"] = (stacked * weights).sum()  # one product with the weight vector, not a sum pair by pair
         return terms

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .bank import entry_for
-from .config import StageConfig, pair_loss_options
+from .config import StageConfig, pair_loss_names, pair_loss_options
 from .data.arrays import Loader
 from .distributed import gather_rows
 from .errors import FlowKDError
@@ -101,7 +101,7 @@ class Context:
 
 def stage_pairs(s: StageConfig, run: RunModels) -> list[tuple[str, str]]:
     if s.pairs:
-        return [tuple(p) for p in s.pairs]
+        return [(p[0], p[1]) for p in s.pairs]
     if s.pairs_from == "representation":
         return [(run.representation(s.teacher), run.representation(s.model))]
     t, st = run.flow_taps(s.teacher), run.flow_taps(s.model)
@@ -201,11 +201,13 @@ def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
     t_shapes = run.tap_shapes(s.teacher, [t for t, _ in pairs])  # in the order the taps fire
     s_shapes = run.tap_shapes(s.model, [st for _, st in pairs])
     check_pair_order(s, pairs, list(t_shapes), list(s_shapes))
-    make = PAIR_LOSSES.get(s.loss)
-    losses = [make(t_shapes[t], s_shapes[st], **options) for t, st in pairs]
+    # the stage's options go to the pairs of its `loss`; a pair naming another loss takes that loss's defaults
+    names = pair_loss_names(s) if s.pairs else [s.loss] * len(pairs)
+    losses = [PAIR_LOSSES.get(n)(t_shapes[t], s_shapes[st], **(options if n == s.loss else {}))
+              for (t, st), n in zip(pairs, names)]
     sched = dict(s.schedule)
     schedule = SCHEDULES.build(sched.pop("name"), sched, f"stage {s.name!r}, schedule")
-    return InformationFlowLoss(pairs, schedule, pair_losses=losses, term=s.loss).to(run.device)
+    return InformationFlowLoss(pairs, schedule, pair_losses=losses, term=names).to(run.device)
 
 
 @STAGE_KINDS.register("distill")
@@ -228,7 +230,7 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     gather = gather_rows if ctx.distributed and cfg.distributed.gather_features else None
     teacher = as_teacher(source, flow.teacher_taps, cfg.fast.inference_teacher)
     step = DistillStep(forward, teacher, flow, s.ce_weight, gather=gather)
-    info = {"kind": "distill", "loss": s.loss, "pairs": flow.pairs, "schedule": repr(flow.schedule),
+    info = {"kind": "distill", "loss": s.loss if len(set(flow.terms)) == 1 else flow.terms, "pairs": flow.pairs, "schedule": repr(flow.schedule),
             "augment": augment, "teacher_precomputed": precomputed}
     if banked is not None:
         info.update(augment=True, teacher_views=banked.count, bank=str(banked.bank.dir))
