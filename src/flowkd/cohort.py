@@ -53,8 +53,8 @@ def cohorts(stages: Sequence[Stage]) -> list[list[Stage]]:
 
 def _independent(st: Stage, group: list[Stage]) -> bool:
     trained = {m.model_name for m in group}
-    teachers = {m.teacher_name for m in group if m.teacher_name}
-    return st.model_name not in trained and st.teacher_name not in trained and st.model_name not in teachers
+    teachers = {t for m in group for t in m.learns_from}
+    return st.model_name not in trained and not set(st.learns_from) & trained and st.model_name not in teachers
 
 
 @contextlib.contextmanager

@@ -239,7 +239,8 @@ def expand_sweeps(data: dict) -> dict:
             raise FlowKDError(f"{where}: the sweep of {key!r} is an empty list")
         model = st.get("model", "")
         users = [o.get("name") for o in stages if o is not st and isinstance(o, dict)
-                 and model in (o.get("model"), o.get("teacher"))]
+                 and (model in (o.get("model"), o.get("teacher"))
+                      or any(isinstance(q, list) and q and str(q[0]).startswith(f"{model}/") for q in o.get("pairs") or []))]
         if users or model not in data["models"]:
             raise FlowKDError(f"{where}: a sweep trains copies of its model, but model {model!r} is trained or read by "
                               f"other stages ({', '.join(map(str, users))}); give the swept stage a model of its own")
@@ -268,7 +269,7 @@ def config_from_dict(data: dict) -> Config:
     cfg = _from_dict(Config, expand_sweeps(data))
     _validate(cfg)
     if cfg.mode == "paper":  # the reference code's habits, spelled out on each stage
-        teachers = {s.teacher for s in cfg.stages if s.kind == "distill"}
+        teachers = {t for s in cfg.stages for t in stage_teachers(s)}
         for s in cfg.stages:
             # the student (a distilled model no later stage learns from) gets a new Adam every epoch; the
             # auxiliary teacher's stages (and any other) one Adam per learning-rate phase
@@ -276,6 +277,19 @@ def config_from_dict(data: dict) -> Config:
             if s.kind == "distill" and s.loss == "pkt":
                 s.log_eps = 0.0
     return cfg
+
+
+def pair_teachers(s: StageConfig) -> list[tuple[str, str]]:
+    """Each listed pair's teacher side as (model, tap): ``"model/tap"`` reads that model instead of the stage's
+    ``teacher`` (e.g. the intermediate pairs from an auxiliary, the last from the big teacher itself)."""
+    return [tuple(p[0].split("/", 1)) if "/" in p[0] else (s.teacher, p[0]) for p in s.pairs]
+
+
+def stage_teachers(s: StageConfig) -> list[str]:
+    """Every model a stage learns from: its ``teacher``, then any other a pair names (none for supervised)."""
+    if s.kind != "distill":
+        return []
+    return list(dict.fromkeys([s.teacher] + [m for m, _ in pair_teachers(s)]))
 
 
 def pair_loss_names(s: StageConfig) -> list[str]:
@@ -345,9 +359,23 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
         if isinstance(s.views, bool) or not isinstance(s.views, int) or s.views < -1:
             raise FlowKDError(f"stage {s.name!r}: views must be a whole number >= 1 (or -1: the teacher's), got {s.views!r}")
-        if s.views > 0 and s.kind == "distill" and not cfg.models[s.teacher].views:
+        for m, _ in pair_teachers(s) if s.kind == "distill" else []:
+            if m not in cfg.models:
+                raise FlowKDError(f"stage {s.name!r}: a pair reads {m!r}/..., but there is no model {m!r}; models: "
+                                  f"{', '.join(cfg.models)}")
+            if m == s.model:
+                raise FlowKDError(f"stage {s.name!r}: a pair reads {m!r}/..., the model this stage trains; a pair's "
+                                  "teacher side must be another model")
+        banked = [t for t in stage_teachers(s) if cfg.models[t].views]
+        if s.views > 0 and s.kind == "distill" and not banked:
             raise FlowKDError(f"stage {s.name!r}: views = {s.views} reads a bank of the teacher's views, but "
                               f"models.{s.teacher}.views is 0 (set it to the number of views to compute)")
+        served = {(s.views if s.views > 0 else cfg.models[t].views, cfg.models[t].view_seed) for t in banked}
+        if len(served) > 1:  # the loader serves one view of each image per epoch, for every teacher alike
+            raise FlowKDError(f"stage {s.name!r} reads the banks of {', '.join(banked)}, which serve different views "
+                              f"({'; '.join(f'{t}: views {cfg.models[t].views}, view_seed {cfg.models[t].view_seed}' for t in banked)}); "
+                              "a batch is one view of each image for every teacher: give them the same view_seed, "
+                              "and the same views (or set the stage's views)")
         if s.views == 0:
             raise FlowKDError(f"stage {s.name!r}: views must be >= 1 (or -1: the teacher's), got 0")
         frozen = cfg.models[s.model].features or cfg.models[s.model].precompute

@@ -45,8 +45,8 @@ class InformationFlowLoss(nn.Module):
         pairs = [tuple(p) for p in pairs]
         if not pairs or any(len(p) != 2 for p in pairs):
             raise FlowKDError("information flow needs a non-empty list of (teacher tap, student tap) pairs")
-        for t, s in pairs:
-            parse_tap(t), parse_tap(s)
+        for t, s in pairs:  # a teacher side "model/tap" is a tap of another teacher (flowkd.teachers.JointTeacher)
+            parse_tap(t.rsplit("/", 1)[-1]), parse_tap(s)
         self.pairs: list[tuple[str, str]] = pairs
         self.schedule = schedule if schedule is not None else CriticalPeriod()
         if pair_losses is None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .analysis.probe import FlowProbe
 from .compiled import compile_or_eager
-from .config import Config, to_dict
+from .config import Config, stage_teachers, to_dict
 from .data.arrays import ArrayDataset
 from .distributed import init_distributed
 from .errors import FlowKDError, warn
@@ -25,7 +25,7 @@ from .loop import Trainer
 from .report import results_table
 from .rundir import RunDir
 from .runmodels import RunModels, load_data, machine_info, pick_device
-from .stages import Context, Stage, build_stage, stage_pairs
+from .stages import Context, Stage, build_stage, teacher_reads
 
 __all__ = ["Pipeline", "load_data", "pick_device", "machine_info", "results_table"]
 
@@ -87,7 +87,7 @@ class Pipeline:
                  f"{cfg.data.batch_size}): similarity losses over so few samples (PKT, SP) are noise that can ruin a "
                  "student; set data.drop_last = true (or another batch_size)")
         for name, m in cfg.models.items():
-            specs = [t for s in cfg.stages if s.kind == "distill" and s.teacher == name for t, _ in stage_pairs(s, run)]
+            specs = [t for s in cfg.stages if s.kind == "distill" for t in teacher_reads(s, run).get(name, [])]
             if m.precompute and specs:
                 run.precompute(name, specs, self.log)
         ctx = Context(cfg, run, self._forward_module, rank=self.dist.rank, world=self.dist.world, log=self.log)
@@ -107,8 +107,9 @@ class Pipeline:
         cfg, run = self.cfg, self.run_models
         trained: set[str] = {n for n, m in cfg.models.items() if m.weights or m.options.get("pretrained")}
         for i, s in enumerate(cfg.stages):
-            t = s.teacher if s.kind == "distill" else ""
-            if t in run.models and t not in trained and any(True for _ in run.models[t].parameters()):
+            for t in stage_teachers(s):
+                if t not in run.models or t in trained or not any(True for _ in run.models[t].parameters()):
+                    continue
                 before = [o.name for o in cfg.stages[:i] if o.model == t]
                 later = [o.name for o in cfg.stages[i + 1:] if o.model == t and sum(o.epochs)]
                 why = (f"its stage(s) {', '.join(before)} before this one train 0 epochs" if before else
@@ -208,7 +209,7 @@ class Pipeline:
                     pending.append(st)
             for group in cohorts(pending) if self.cfg.cohort else [[st] for st in pending]:
                 broken = self._failed_models(stages, failed)
-                if any(st.teacher_name in broken or st.model_name in broken for st in group):
+                if any(set(st.learns_from) & broken or st.model_name in broken for st in group):
                     raise next(iter(failed.values()))  # a later stage needs what the failed one trains
                 infos.update(self._run_group(group, failed, partials))
         finally:
@@ -307,7 +308,7 @@ def build_banks(cfg: Config, *, data=None, log=print) -> dict:
     stages = []
     try:
         for s in cfg.stages:
-            if s.kind == "distill" and cfg.models[s.teacher].views and s.model in run.models and sum(s.epochs):
+            if any(cfg.models[t].views for t in stage_teachers(s)) and s.model in run.models and sum(s.epochs):
                 stages.append(build_stage(s, ctx))
     finally:
         for st in stages:

@@ -25,9 +25,9 @@ from .runmodels import RunModels, channels_last, seed_for
 from .schedules import SCHEDULES
 from .steps import DistillStep, Step, SupervisedStep
 from .taps import frozen_taps
-from .teachers import Teacher, as_teacher
+from .teachers import JointTeacher, Teacher, as_teacher
 
-__all__ = ["Stage", "Plan", "STAGE_KINDS", "build_stage", "stage_pairs"]
+__all__ = ["Stage", "Plan", "STAGE_KINDS", "build_stage", "stage_pairs", "teacher_reads"]
 
 STAGE_KINDS: Registry = Registry("stage kind")
 
@@ -56,13 +56,19 @@ class Stage:
     plan: Plan
     params: list = field(default_factory=list)   # the model's and the loss's trainable parameters
     flow: InformationFlowLoss | None = None
-    teacher_name: str = ""
+    teacher_name: str = ""        # the stage's teacher (``learns_from``: every model it reads)
     teacher: Teacher | None = None   # what the step reads the teacher's side from (None: no teacher)
     teacher_source: object = None    # what ``teacher`` wraps: a network, a FeatureBank (shared in a cohort)
     trains_head: bool = False     # the classifier head learns from labels in this stage
     info: dict = field(default_factory=dict)
     rng: torch.Tensor | None = None  # the CPU generator's state training starts from (None: the stage's seed)
     sweep_of: str = ""            # a sweep's copy of this stage: seeded as that one
+    teacher_names: tuple = ()     # every model the stage learns from (several when a pair reads "model/tap")
+
+    @property
+    def learns_from(self) -> tuple:
+        """Every model the stage reads a teacher's side from."""
+        return self.teacher_names or ((self.teacher_name,) if self.teacher_name else ())
 
     @property
     def data_key(self) -> tuple:
@@ -120,27 +126,28 @@ def _loader(s: StageConfig, ctx: Context, augment: bool, views=None) -> Loader:
                   rank=ctx.rank, world=ctx.world, views=views)
 
 
-def banked_teacher(s: StageConfig, ctx: Context, flow: InformationFlowLoss):
-    """A stage whose teacher is served from a bank of its views (``models.<teacher>.views``): the bank's teacher
-    (reading, for each pair, the entry its loss needs) and the loader serving the bank's views; (None, None)
-    for a teacher run live. The bank's views are drawn by a loader like the stage's, seeded with the teacher's
-    ``view_seed`` (-1: the run's data seed, so that views = epochs serves exactly the live augmentation)."""
+def banked_teacher(s: StageConfig, ctx: Context, name: str, reads: list[tuple[str, nn.Module]]):
+    """Model ``name`` as a stage's teacher served from a bank of its views (``models.<name>.views``): the bank's
+    teacher (reading, for each (tap, pair loss) of ``reads``, the entry that loss needs) and the view table the
+    loader serves; (None, None) for a teacher run live. The bank's views are drawn by a loader like the stage's,
+    seeded with the teacher's ``view_seed`` (-1: the run's data seed, so that views = epochs serves exactly the
+    live augmentation)."""
     cfg, run = ctx.cfg, ctx.run
-    m = cfg.models[s.teacher]
-    if not m.views or s.teacher not in run.models:
+    m = cfg.models[name]
+    if not m.views or name not in run.models:
         return None, None
     count = s.views if s.views > 0 else m.views
     seed = seed_for(cfg.seed, "data") if m.view_seed < 0 else m.view_seed
     drawing = Loader(run.train_set, cfg.data.batch_size, shuffle=True, augment=True, seed=seed,
                      drop_last=cfg.data.drop_last)
-    bank = run.view_bank(s.teacher, drawing)
+    bank = run.view_bank(name, drawing)
     entries, forms = {}, {}
-    for (t, _), loss in zip(flow.pairs, flow.pair_losses):
-        entries[t], form = entry_for(t, loss)
-        forms[entries[t]] = form
+    for tap, loss in reads:
+        entries[tap], form = entry_for(tap, loss)
+        forms[entries[tap]] = form
     if sum(s.epochs):  # a stage switched off reads nothing
-        run.want_views(s.teacher, forms, count)
-    return bank.teacher_for(entries, count), _loader(s, ctx, True, views=bank.view_table(count))
+        run.want_views(name, forms, count)
+    return bank.teacher_for(entries, count), bank.view_table(count)
 
 
 def _plan(s: StageConfig) -> Plan:
@@ -151,7 +158,8 @@ def _plan(s: StageConfig) -> Plan:
 def check_pair_order(s: StageConfig, pairs, t_order: list[str], s_order: list[str]) -> None:
     """Pairs go shallow -> deep on both sides (the order of the taps in each network's forward pass), no tap
     in two pairs: the schedule treats the last pair as the final representation. ``allow_unordered_pairs``
-    lets a user pair otherwise on purpose."""
+    lets a user pair otherwise on purpose. A teacher side not in ``t_order`` (a tap of another teacher,
+    ``model/tap``) has no place in the stage teacher's order and is not checked for it."""
     if s.allow_unordered_pairs:
         return
     hint = "; if this pairing is intended, set allow_unordered_pairs = true on the stage"
@@ -159,12 +167,12 @@ def check_pair_order(s: StageConfig, pairs, t_order: list[str], s_order: list[st
         twice = [t for i, t in enumerate(taps) if t in taps[:i]]
         if twice:
             raise FlowKDError(f"stage {s.name!r}: the {side} tap {twice[0]!r} is in two layer pairs{hint}")
-        pos = [order.index(t) for t in taps]
-        for i in range(1, len(pos)):
-            if pos[i] < pos[i - 1]:
+        placed = [i for i, t in enumerate(taps) if t in order]
+        for a, b in zip(placed, placed[1:]):
+            if order.index(taps[b]) < order.index(taps[a]):
                 raise FlowKDError(f"stage {s.name!r}: layer pairs must go shallow -> deep, the last being the final "
-                                  f"representation, but the {side}'s {taps[i]!r} (pair {i + 1}) runs before "
-                                  f"{taps[i - 1]!r} (pair {i}) in its forward pass{hint}")
+                                  f"representation, but the {side}'s {taps[b]!r} (pair {b + 1}) runs before "
+                                  f"{taps[a]!r} (pair {a + 1}) in its forward pass{hint}")
 
 
 def _check_trainable(s: StageConfig, model: nn.Module) -> None:
@@ -191,18 +199,36 @@ def build_supervised(s: StageConfig, ctx: Context) -> Stage:
                  info={"kind": "supervised"}, sweep_of=s.sweep_of)
 
 
+def _teacher_side(s: StageConfig, key: str) -> tuple[str, str]:
+    """(model, tap) of a pair's teacher side: ``"model/tap"`` reads another model than the stage's teacher."""
+    return tuple(key.split("/", 1)) if "/" in key else (s.teacher, key)
+
+
+def teacher_reads(s: StageConfig, run: RunModels) -> dict[str, list[str]]:
+    """Each model a distill stage reads, with the taps it reads of it."""
+    out: dict[str, list[str]] = {}
+    for t, _ in stage_pairs(s, run):
+        m, tap = _teacher_side(s, t)
+        out.setdefault(m, []).append(tap)
+    return out
+
+
 def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
-    """The stage's information-flow loss: its layer pairs, each with the stage's pair loss, weighted by its
-    schedule (both through their registries)."""
+    """The stage's information-flow loss: its layer pairs, each with the stage's pair loss (or the one the pair
+    names), weighted by its schedule (both through their registries)."""
     pairs = stage_pairs(s, run)
     options = pair_loss_options(s)
     if options.get("log_eps") == 0:  # 0: plain logs, as the reference code
         options["log_eps"] = None
-    t_shapes = run.tap_shapes(s.teacher, [t for t, _ in pairs])  # in the order the taps fire
+    sides = {t: _teacher_side(s, t) for t, _ in pairs}
+    t_shapes: dict[str, tuple] = {}
+    for model in dict.fromkeys(m for m, _ in sides.values()):  # each teacher's taps, in the order they fire
+        key_of = {tap: key for key, (m, tap) in sides.items() if m == model}
+        t_shapes.update({key_of[tap]: shape for tap, shape in run.tap_shapes(model, list(key_of)).items()})
     s_shapes = run.tap_shapes(s.model, [st for _, st in pairs])
-    check_pair_order(s, pairs, list(t_shapes), list(s_shapes))
-    # the stage's options go to the pairs of its `loss`; a pair naming another loss takes that loss's defaults
+    check_pair_order(s, pairs, [k for k in t_shapes if sides[k][0] == s.teacher], list(s_shapes))
     names = pair_loss_names(s) if s.pairs else [s.loss] * len(pairs)
+    # the stage's options go to the pairs of its `loss`; a pair naming another loss takes that loss's defaults
     losses = [PAIR_LOSSES.get(n)(t_shapes[t], s_shapes[st], **(options if n == s.loss else {}))
               for (t, st), n in zip(pairs, names)]
     sched = dict(s.schedule)
@@ -218,26 +244,45 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     torch.manual_seed(seed_for(cfg.seed, "train/" + (s.sweep_of or s.name)))  # a trainable loss (FitNets) draws its init here
     flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
     rng = torch.get_rng_state()
-    source = run.teacher(s.teacher)
-    banked, bank_loader = banked_teacher(s, ctx, flow)
-    source = banked if banked is not None else source
-    precomputed = s.teacher in run.banks
+    sides = {t: _teacher_side(s, t) for t in flow.teacher_taps}
+    reads: dict[str, list] = {}  # teacher -> [(tap, pair loss)]
+    for (t, _), loss in zip(flow.pairs, flow.pair_losses):
+        reads.setdefault(sides[t][0], []).append((sides[t][1], loss))
+    parts, sources, banks, tables = {}, {}, [], []
+    for m, pairs in reads.items():  # each teacher the stage reads: live, precomputed, or from its bank of views
+        banked, table = banked_teacher(s, ctx, m, pairs)
+        sources[m] = banked if banked is not None else run.teacher(m)
+        keys = {t: tap for t, (mm, tap) in sides.items() if mm == m}
+        parts[m] = (as_teacher(sources[m], list(keys.values()), cfg.fast.inference_teacher), keys)
+        if banked is not None:
+            banks.append(banked)
+            tables.append(table)
+    precomputed = [m for m in reads if m in run.banks]
     augment = s.augment if isinstance(s.augment, bool) else cfg.data.augment and not precomputed
     if precomputed and cfg.data.augment and s.augment == "auto":
-        ctx.log(f"[{s.name}] teacher {s.teacher!r} is precomputed on the augmentation-free images: "
+        ctx.log(f"[{s.name}] teacher {precomputed[0]!r} is precomputed on the augmentation-free images: "
                 "this stage trains without augmentation (set augment = true to override)")
     forward = ctx.forward(s.model)
     gather = gather_rows if ctx.distributed and cfg.distributed.gather_features else None
-    teacher = as_teacher(source, flow.teacher_taps, cfg.fast.inference_teacher)
+    (m, (teacher, keys)), *more = parts.items()
+    if not more and all(k == tap for k, tap in keys.items()):  # one teacher, its own taps: a cohort shares it
+        source = sources[m]
+    else:  # several: each answers its pairs' taps under the pairs' keys; not shared with a cohort
+        teacher, source = JointTeacher(parts), None
     step = DistillStep(forward, teacher, flow, s.ce_weight, gather=gather)
-    info = {"kind": "distill", "loss": s.loss if len(set(flow.terms)) == 1 else flow.terms, "pairs": flow.pairs, "schedule": repr(flow.schedule),
-            "augment": augment, "teacher_precomputed": precomputed}
-    if banked is not None:
-        info.update(augment=True, teacher_views=banked.count, bank=str(banked.bank.dir))
-    loader = bank_loader if bank_loader is not None else _loader(s, ctx, augment)
+    info = {"kind": "distill", "loss": s.loss if len(set(flow.terms)) == 1 else flow.terms, "pairs": flow.pairs,
+            "schedule": repr(flow.schedule), "augment": augment, "teacher_precomputed": bool(precomputed)}
+    if len(parts) > 1:
+        info["teachers"] = list(parts)
+    if banks:
+        info.update(augment=True, teacher_views=banks[0].count, bank=str(banks[0].bank.dir) if len(banks) == 1
+                    else [str(b.bank.dir) for b in banks])
+    # every bank the stage reads serves the same view of each image in each epoch (config.py checks their views)
+    loader = _loader(s, ctx, True, views=tables[0]) if tables else _loader(s, ctx, augment)
     return Stage(s.name, s.model, model, forward, loader, step, _plan(s),
                  list(model.parameters()) + list(flow.parameters()), flow, s.teacher, teacher, source,
-                 trains_head=s.ce_weight > 0, info=info, rng=rng, sweep_of=s.sweep_of)
+                 trains_head=s.ce_weight > 0, info=info, rng=rng, sweep_of=s.sweep_of,
+                 teacher_names=tuple(parts))
 
 
 def build_stage(s: StageConfig, ctx: Context) -> Stage:

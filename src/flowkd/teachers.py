@@ -12,7 +12,8 @@ whatever it is underneath (:func:`as_teacher` wraps what a stage or a user gives
 - precomputed features, a ``FeatureBank`` aligned with the loader's dataset, looked up by the batch's sample
   positions (:class:`FeatureTeacher`);
 - a cohort's shared teacher: another teacher's taps computed once per batch for every student that reads it
-  (:class:`SharedTeacher`, through the batch's :class:`Memo`).
+  (:class:`SharedTeacher`, through the batch's :class:`Memo`);
+- several teachers read by one stage, each for its own pairs (:class:`JointTeacher`).
 
 No step or loss asks what kind of teacher it has. What is derived from the teacher's side of one batch and is
 the same for several students (the teachers' side of PKT) goes in the batch's ``memo``, which the students of a
@@ -32,7 +33,7 @@ from .features import FeatureBank
 from .taps import FrozenTaps
 
 __all__ = ["Batch", "Memo", "Teacher", "as_teacher", "as_batch", "NetworkTeacher", "FunctionTeacher",
-           "FeatureTeacher", "SharedTeacher"]
+           "FeatureTeacher", "SharedTeacher", "JointTeacher"]
 
 
 @runtime_checkable
@@ -126,11 +127,32 @@ class SharedTeacher:
         self.teacher.close()
 
 
+class JointTeacher:
+    """Several teachers read by one stage: each answers its own taps, renamed to the keys the stage's pairs use
+    (``model/tap`` for every teacher but the stage's own). ``parts`` maps a teacher's name to (the teacher,
+    {key: its tap})."""
+
+    def __init__(self, parts: Mapping[str, tuple[Teacher, Mapping[str, str]]]):
+        self.parts = dict(parts)
+        self.taps = tuple(k for _, keys in self.parts.values() for k in keys)
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        out = {}
+        for teacher, keys in self.parts.values():
+            got = teacher(batch)
+            out.update({k: got[t] for k, t in keys.items()})
+        return out
+
+    def close(self) -> None:
+        for teacher, _ in self.parts.values():
+            teacher.close()
+
+
 def as_teacher(obj, taps: Iterable[str], inference_mode: bool = True) -> Teacher:
     """A :class:`Teacher` answering ``taps`` for whatever a stage or a user gives: a teacher (as is, once it is
     checked to answer them), a network, a ``FeatureBank``, or a function ``images -> {tap: features}``."""
     taps = tuple(dict.fromkeys(taps))
-    if isinstance(obj, (NetworkTeacher, FunctionTeacher, FeatureTeacher, SharedTeacher)) or (
+    if isinstance(obj, (NetworkTeacher, FunctionTeacher, FeatureTeacher, SharedTeacher, JointTeacher)) or (
             not isinstance(obj, (nn.Module, FeatureBank)) and isinstance(obj, Teacher)):
         missing = [t for t in taps if t not in obj.taps]
         if missing:
