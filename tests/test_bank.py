@@ -119,6 +119,10 @@ def test_a_killed_computation_resumes_where_it_stopped(tmp_path):
     again.ensure({entry: counting}, 1)
     assert counted["n"] == 16 - 8  # went on after the 8 batches it had saved
     np.testing.assert_allclose(again.array(0, entry), clean.array(0, entry), rtol=0, atol=1e-6)
+    (cost,) = again.costs()  # what the view cost is kept with the bank: the resumed part, after 32 images
+    assert cost["view"] == 0 and cost["images"] == 64 - 32 and cost["resumed_at"] == 32 and cost["seconds"] >= 0
+    assert cost["bytes"] == again.path(0, entry).stat().st_size
+    assert [c["images"] for c in clean.costs()] == [64]
 
 
 def test_a_bank_that_does_not_match_is_refused_naming_the_difference(tmp_path):

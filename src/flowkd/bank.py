@@ -296,6 +296,18 @@ class ViewBank:
         how = setting.summary().split(":")[0] if setting is not None else f"batch {batch}, {self.precision}"
         self.log(f"[{self.name}] bank view {k + 1}/{count}: {n - start} images in {dt:.1f}s "
                  f"({(n - start) / max(dt, 1e-9):.0f} images/s; {how}), {mib:.1f} MiB in {self.dir}")
+        record = {"view": k, "entries": sorted(e.file for e in entries), "images": n - start, "resumed_at": start,
+                  "seconds": round(dt, 2), "setting": how, "threads": torch.get_num_threads(),
+                  "load_avg": [round(v, 2) for v in os.getloadavg()], "bytes": int(mib * 2**20),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(self.dir / "log.jsonl", "a") as f:  # what each view cost, for the results that read this bank
+            f.write(json.dumps(record) + "\n")
+
+    def costs(self) -> list[dict]:
+        """What computing this bank cost, view by view (``log.jsonl``, one line per view computed, resumed parts
+        included); empty for a bank computed before flowkd recorded it."""
+        path = self.dir / "log.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def _setting(self, frozen: FrozenTaps, taps: list, views: torch.Tensor):
         """The fastest way to run the teacher's pass on this machine (batch, memory format, threads), measured on
