@@ -5,7 +5,7 @@ seed), so each batch is gathered and augmented once and handed to every student 
 :class:`~flowkd.teachers.Batch`; each teacher computes its taps once per batch for every student that reads it
 (the union of their taps, :func:`shared_teachers`), and students whose layer pairs read the same teacher taps
 also share the teacher's side of PKT (through the batch's memo). Each student keeps its own step,
-loss, schedule, optimiser, learning-rate plan, records and checkpoints (``flowkd.loop.Trainer``); on a CPU
+loss, schedule, optimiser, learning-rate plan, records and checkpoints (``flowkd.trainer.Trainer``); on a CPU
 the weights and metrics are bit-identical to training the same stages one after another.
 
 A student whose training fails (a non-finite loss) stops with its own error; the others go on.
@@ -30,7 +30,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .errors import FlowKDError
-from .loop import Trainer, run_epochs
+from .loop import run_epochs
+from .trainer import Trainer
 from .stages import Stage
 from .teachers import SharedTeacher, as_batch, as_teacher
 

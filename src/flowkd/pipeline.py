@@ -21,7 +21,7 @@ from .errors import FlowKDError, warn
 from .cost import model_cost
 from .evaluation import evaluate_representation
 from .cohort import cohorts, shared_teachers, train_cohort, worker_plan
-from .loop import Trainer
+from .trainer import Trainer
 from .report import results_table
 from .rundir import RunDir
 from .runmodels import RunModels, load_data, machine_info, pick_device
