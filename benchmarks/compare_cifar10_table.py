@@ -24,19 +24,19 @@ from flowkd.io import atomic_write_json, atomic_write_text
 SOURCES = ["compare_cifar10_bank.json", "compare_cifar10_gpu.json", "compare_cifar10_aux.json"]  # preferred first
 ROWS = [  # (model name in the configs, what it is), the paper's comparison in order
     ("teacher", "teacher: PreAct ResNet-18 (labels)"),
-    ("aux", "auxiliary teacher: tiny CNN (labels, then PKT from the teacher; paper mode)"),
+    ("aux", "auxiliary teacher: tiny CNN (labels, then PKT from the teacher)"),
     ("labels", "very tiny, labels only"),
     ("kd", "Hinton KD (+CE)"),
     ("fitnet", "FitNets (hint, then KD; +CE)"),
     ("at", "attention transfer (+CE)"),
     ("sp", "similarity preserving (+CE)"),
     ("pkt_last", "PKT, last layer, from the ResNet-18"),
-    ("flow_constant", "ablation a: aux, all layers, constant weights (paper mode)"),
-    ("flow_direct", "ablation b: no aux, critical period from the ResNet-18 (paper mode)"),
-    ("aux_last", "ablation c: aux, last layer only (paper mode)"),
-    ("flow", "proposed: aux + all layers + critical period (paper mode)"),
+    ("flow_constant", "ablation a: aux, all layers, constant weights"),
+    ("flow_direct", "ablation b: no aux, critical period from the ResNet-18"),
+    ("aux_last", "ablation c: aux, last layer only"),
+    ("flow", "proposed: aux + all layers + critical period"),
     ("flow_default", "proposed, flowkd's default mode"),
-    ("flow_adaptive", "proposed, adaptive critical period (flowkd's; paper mode)"),
+    ("flow_adaptive", "proposed, adaptive critical period (flowkd's)"),
 ]
 WHAT = dict(ROWS)
 DIRECT = ["kd", "fitnet", "at", "sp", "pkt_last", "flow_direct"]  # taught straight by the ResNet-18
@@ -130,72 +130,88 @@ def claims(models: dict) -> list[dict]:
     return out
 
 
-def main() -> None:
-    res = ROOT / "results"
-    sources = [res / s for s in SOURCES if (res / s).exists()]
-    docs = [json.loads(p.read_text()) for p in sources]
-    found: dict[str, tuple[dict, dict]] = {}
-    for doc in docs:
-        for name, row in doc["models"].items():
-            found.setdefault(name, (row, doc))
-    if "teacher" not in found and _teacher_eval(res) is not None:
-        found["teacher"] = _teacher_eval(res)
-    primary = docs[0] if docs else None
-    lines = ["# The paper's CIFAR-10 comparison: PreAct ResNet-18 → very tiny CNN (the information-flow and PKT "
-             "students never see a label; the KD, FitNets, AT and SP baselines add cross-entropy)", "",
-             "Protocol: batch 128, 50 epochs per student, augmentation, last epoch, test queries vs train database, "
-             "fc1 features. `legacy` = the reference evaluator's values, the only ones to set beside the paper's "
-             "figures (which are the reference evaluator's); standard values beside them. Mean ± sample std over "
-             "the seeds named per row.", "",
-             "| method | legacy cos mAP | legacy euc mAP | legacy P@100 | paper cos / euc / P@100 | cos mAP | euc mAP | "
-             "P@100 | NCM acc | head acc | seeds | source |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    out_rows = []
+def _table(found: dict, lines: list, out_rows: list, missing: str) -> None:
+    lines += ["| method | legacy cos mAP | legacy euc mAP | legacy P@100 | paper cos / euc / P@100 | cos mAP | euc mAP | "
+              "P@100 | NCM acc | head acc | seeds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, what in ROWS:
         if name not in found:
-            lines.append(f"| {what} | unmeasured | | | | | | | | | | no committed run has this row yet: "
-                         f"`flowkd compare configs/compare_cifar10.toml` |")
-            out_rows.append({"model": name, "what": what, "measured": False})
+            if missing:
+                lines.append(f"| {what} | {missing} | | | | | | | | | |")
+                out_rows.append({"model": name, "what": what, "measured": False})
             continue
         row, doc = found[name]
+        what = row.get("label") if row.get("label") not in (None, "", name) else what  # as the run labelled it
         p = row.get("paper") or {}
         paper = " / ".join(f"{p[k]:.2f}" if k in p else "—" for k in ("cos_map", "euc_map", "p100")) if p else "—"
         seeds = ", ".join(str(s) for s in doc["seeds"])
         lines.append(f"| {what} | {_cell(row, 'legacy cos mAP')} | {_cell(row, 'legacy euc mAP')} | "
                      f"{_cell(row, 'legacy cos P@100')} | {paper} | {_cell(row, 'cos mAP')} | {_cell(row, 'euc mAP')} | "
-                     f"{_cell(row, 'cos P@100')} | {_cell(row, 'NCM acc')} | {_cell(row, 'head acc')} | {seeds} | "
-                     f"{doc['config']} |")
+                     f"{_cell(row, 'cos P@100')} | {_cell(row, 'NCM acc')} | {_cell(row, 'head acc')} | {seeds} |")
         out_rows.append({"model": name, "what": what, "measured": True, "source": str(doc["config"]),
                          "seeds": doc["seeds"], **{k: v for k, v in row.items() if isinstance(v, dict)}})
-    if any(_one_model(row) for row, _ in found.values()):
+
+
+def main() -> None:
+    res = ROOT / "results"
+    sources = [res / s for s in SOURCES if (res / s).exists()]
+    docs = {p.name: json.loads(p.read_text()) for p in sources}
+    teacher = _teacher_eval(res)
+    lines = ["# The paper's CIFAR-10 comparison: PreAct ResNet-18 → very tiny CNN (the information-flow and PKT "
+             "students never see a label; the KD, FitNets, AT and SP baselines add cross-entropy)", "",
+             "Protocol: batch 128, 50 epochs per student, augmentation, last epoch, test queries vs train database, "
+             "fc1 features. `legacy` = the reference evaluator's values, the only ones to set beside the paper's "
+             "figures (which are the reference evaluator's); standard values beside them. Mean ± sample std over "
+             "the seeds named per row. The teacher's row is its own evaluation (`flowkd eval`, "
+             "results/cifar10_teacher_eval.json).", ""]
+    tables, claimed = {}, {}
+    order = [s for s in SOURCES if s in docs]
+    for k, name in enumerate(order):
+        doc = docs[name]
+        found = {m: (row, doc) for m, row in doc["models"].items()}
+        if "teacher" not in found and teacher is not None:
+            found["teacher"] = teacher
+        if k == 0:
+            every = "Every row, one run" if name == SOURCES[0] else "The rows measured so far"
+            lines += [f"## {every}: `{doc['config']}` (seeds {', '.join(map(str, doc['seeds']))})", ""]
+            missing = "unmeasured"
+        else:
+            lines += ["", f"## An earlier run: `{doc['config']}` (seeds {', '.join(map(str, doc['seeds']))}; its "
+                          "rows only)", ""]
+            missing = ""
+        rows: list = []
+        _table(found, lines, rows, missing)
+        tables[name] = rows
+        claimed[name] = claims(doc["models"])
+    if any(_one_model(row) for d in docs.values() for row in d["models"].values()):
         lines += ["", "¹ the same values on every seed (to 0.001): one model (no stage of the run trains it; here "
                       "loaded from a file) evaluated once per seed, so it has no spread over seeds."]
-    lines += ["", "## How each source was made"]
-    for doc in docs:
-        m = doc["machine"]
+    lines += ["", "## How each run was made"]
+    for name in order:
+        doc, m = docs[name], docs[name]["machine"]
         lines += ["", f"- {doc['config']}: seeds {doc['seeds']}, {m.get('gpu') or m.get('device')}, torch "
                       f"{m.get('torch')}, {m.get('cpu_threads')} CPU threads, wall time {doc['wall_s']:.0f} s; "
                       + provenance_line(doc)]
     bank = res / "bench_bank.json"
-    if primary is not None and primary["config"].endswith("compare_cifar10.toml") and bank.exists():
+    if order and docs[order[0]]["config"].endswith("compare_cifar10.toml") and bank.exists():
         b = json.loads(bank.read_text())
-        lines += ["", f"The ResNet-18 never ran while these students trained: its outputs on 4 augmented views of "
-                      f"every training image were computed once (a bank of views, bf16 autocast + channels_last) "
-                      f"and read by every seed; that pass costs {b['minutes_per_view_50k']['bf16']:.2f} min a view "
-                      f"on this machine and the bank takes {b['disk']['bytes'] / 2**30:.2f} GiB "
-                      f"(results/bench_bank.md). FitNets' 10 hint epochs read one view of the full layer2 map "
-                      f"(64 KiB an image), the other stages 4 views."]
-    found_claims = claims(primary["models"]) if primary is not None else []
-    if found_claims:
-        lines += ["", f"## The paper's claims on this table ({primary['config']}, seeds {primary['seeds']}, "
-                      f"legacy cosine mAP, seed by seed)", ""]
-        for c in found_claims:
-            lines.append(f"- **{c['claim']}**: {c['verdict']}. " + "; ".join(_say(v) for v in c["comparisons"]) + ".")
+        lines += ["", f"The ResNet-18 never ran while the students of `configs/compare_cifar10.toml` trained: its "
+                      f"outputs on 4 augmented views of every training image were computed once (a bank of views, "
+                      f"bf16 autocast + channels_last) and read by every seed; that pass costs "
+                      f"{b['minutes_per_view_50k']['bf16']:.2f} min a view on this machine and the bank takes "
+                      f"{b['disk']['bytes'] / 2**30:.2f} GiB (results/bench_bank.md). FitNets' 10 hint epochs read "
+                      "one view of the full layer2 map (64 KiB an image), the other stages 4 views."]
+    for name in order:
+        if claimed[name]:
+            doc = docs[name]
+            lines += ["", f"## The paper's claims on `{doc['config']}` (seeds {', '.join(map(str, doc['seeds']))}, "
+                          "legacy cosine mAP, seed by seed, within this run)", ""]
+            for c in claimed[name]:
+                lines.append(f"- **{c['claim']}**: {c['verdict']}. " + "; ".join(_say(v) for v in c["comparisons"]) + ".")
     notes = res / "compare_cifar10_notes.md"  # how the runs were made, written by whoever ran them
     if notes.exists():
         lines += ["", notes.read_text().strip()]
     atomic_write_text(res / "compare_cifar10.md", "\n".join(lines) + "\n")
-    atomic_write_json(res / "compare_cifar10.json", {"rows": out_rows, "sources": [p.name for p in sources],
-                                                     "claims": found_claims})
+    atomic_write_json(res / "compare_cifar10.json", {"tables": tables, "sources": order, "claims": claimed})
     print("\n".join(lines))
     print("wrote results/compare_cifar10.md|json")
 
