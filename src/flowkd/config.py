@@ -359,7 +359,8 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
         if isinstance(s.views, bool) or not isinstance(s.views, int) or s.views < -1:
             raise FlowKDError(f"stage {s.name!r}: views must be a whole number >= 1 (or -1: the teacher's), got {s.views!r}")
-        for m, _ in pair_teachers(s) if s.kind == "distill" else []:
+        named = [p[0].split("/", 1)[0] for p in s.pairs if "/" in p[0]] if s.kind == "distill" else []
+        for m in named:  # a pair reading another model than the stage's teacher ("model/tap")
             if m not in cfg.models:
                 raise FlowKDError(f"stage {s.name!r}: a pair reads {m!r}/..., but there is no model {m!r}; models: "
                                   f"{', '.join(cfg.models)}")
