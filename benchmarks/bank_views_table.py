@@ -20,6 +20,7 @@ from pathlib import Path
 
 from _common import ROOT
 
+from flowkd.bank import bank_costs
 from flowkd.compare import provenance_line
 from flowkd.io import atomic_write_json, atomic_write_text
 
@@ -38,7 +39,7 @@ def _pm(values: list[float]) -> str:
 def _bank_cost(bank: Path | None, previous: dict) -> dict:
     if bank is None:
         return previous.get("bank", {})
-    lines = [json.loads(x) for x in (bank / "log.jsonl").read_text().splitlines() if x.strip()]
+    lines = bank_costs(bank)
     views = sorted({c["view"] for c in lines})
     files = list(bank.glob("view-*/*.npy"))
     return {"folder": bank.name, "views": len(views), "seconds": round(sum(c["seconds"] for c in lines), 1),

@@ -41,7 +41,7 @@ from .errors import FlowKDError
 from .io import atomic_write_json, atomic_write_text
 from .taps import FrozenTaps
 
-__all__ = ["Entry", "ViewBank", "BankTeacher", "entry_for", "default_root", "bank_components", "bank_precision"]
+__all__ = ["Entry", "ViewBank", "BankTeacher", "entry_for", "default_root", "bank_components", "bank_precision", "bank_costs"]
 
 _STORE = {"float16": (torch.float16, np.float16), "float32": (torch.float32, np.float32)}
 
@@ -113,6 +113,13 @@ def bank_components(teacher: nn.Module, data: ArrayDataset, loader: Loader, prec
         "views": f"seed {loader.seed}, batch {loader.batch_size}, shuffle {loader.shuffle}, drop_last {loader.drop_last}",
         "precision": precision,
     }
+
+
+def bank_costs(folder) -> list[dict]:
+    """What computing the bank in ``folder`` cost, view by view (its ``log.jsonl``: one line per view computed,
+    resumed parts included); empty for a bank computed before flowkd recorded it."""
+    path = Path(folder) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _fingerprint(components: Mapping[str, str]) -> str:
@@ -304,10 +311,8 @@ class ViewBank:
             f.write(json.dumps(record) + "\n")
 
     def costs(self) -> list[dict]:
-        """What computing this bank cost, view by view (``log.jsonl``, one line per view computed, resumed parts
-        included); empty for a bank computed before flowkd recorded it."""
-        path = self.dir / "log.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        """What computing this bank cost, view by view (:func:`bank_costs`)."""
+        return bank_costs(self.dir)
 
     def _setting(self, frozen: FrozenTaps, taps: list, views: torch.Tensor):
         """The fastest way to run the teacher's pass on this machine (batch, memory format, threads), measured on

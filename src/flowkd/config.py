@@ -279,10 +279,15 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def teacher_side(s: StageConfig, key: str) -> tuple[str, str]:
+    """(model, tap) of a pair's teacher side: ``"model/tap"`` reads that model instead of the stage's ``teacher``
+    (e.g. the intermediate pairs from an auxiliary, the last from the big teacher itself)."""
+    return tuple(key.split("/", 1)) if "/" in key else (s.teacher, key)
+
+
 def pair_teachers(s: StageConfig) -> list[tuple[str, str]]:
-    """Each listed pair's teacher side as (model, tap): ``"model/tap"`` reads that model instead of the stage's
-    ``teacher`` (e.g. the intermediate pairs from an auxiliary, the last from the big teacher itself)."""
-    return [tuple(p[0].split("/", 1)) if "/" in p[0] else (s.teacher, p[0]) for p in s.pairs]
+    """Each listed pair's teacher side as (model, tap) (:func:`teacher_side`)."""
+    return [teacher_side(s, p[0]) for p in s.pairs]
 
 
 def stage_teachers(s: StageConfig) -> list[str]:
@@ -359,7 +364,7 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
         if isinstance(s.views, bool) or not isinstance(s.views, int) or s.views < -1:
             raise FlowKDError(f"stage {s.name!r}: views must be a whole number >= 1 (or -1: the teacher's), got {s.views!r}")
-        named = [p[0].split("/", 1)[0] for p in s.pairs if "/" in p[0]] if s.kind == "distill" else []
+        named = [teacher_side(s, p[0])[0] for p in s.pairs if "/" in p[0]] if s.kind == "distill" else []
         for m in named:  # a pair reading another model than the stage's teacher ("model/tap")
             if m not in cfg.models:
                 raise FlowKDError(f"stage {s.name!r}: a pair reads {m!r}/..., but there is no model {m!r}; models: "

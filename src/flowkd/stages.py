@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .bank import entry_for
-from .config import StageConfig, pair_loss_names, pair_loss_options
+from .config import StageConfig, pair_loss_names, pair_loss_options, teacher_side
 from .data.arrays import Loader
 from .distributed import gather_rows
 from .errors import FlowKDError
@@ -199,16 +199,11 @@ def build_supervised(s: StageConfig, ctx: Context) -> Stage:
                  info={"kind": "supervised"}, sweep_of=s.sweep_of)
 
 
-def _teacher_side(s: StageConfig, key: str) -> tuple[str, str]:
-    """(model, tap) of a pair's teacher side: ``"model/tap"`` reads another model than the stage's teacher."""
-    return tuple(key.split("/", 1)) if "/" in key else (s.teacher, key)
-
-
 def teacher_reads(s: StageConfig, run: RunModels) -> dict[str, list[str]]:
     """Each model a distill stage reads, with the taps it reads of it."""
     out: dict[str, list[str]] = {}
     for t, _ in stage_pairs(s, run):
-        m, tap = _teacher_side(s, t)
+        m, tap = teacher_side(s, t)
         out.setdefault(m, []).append(tap)
     return out
 
@@ -220,7 +215,7 @@ def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
     options = pair_loss_options(s)
     if options.get("log_eps") == 0:  # 0: plain logs, as the reference code
         options["log_eps"] = None
-    sides = {t: _teacher_side(s, t) for t, _ in pairs}
+    sides = {t: teacher_side(s, t) for t, _ in pairs}
     t_shapes: dict[str, tuple] = {}
     for model in dict.fromkeys(m for m, _ in sides.values()):  # each teacher's taps, in the order they fire
         key_of = {tap: key for key, (m, tap) in sides.items() if m == model}
@@ -244,15 +239,15 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     torch.manual_seed(seed_for(cfg.seed, "train/" + (s.sweep_of or s.name)))  # a trainable loss (FitNets) draws its init here
     flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
     rng = torch.get_rng_state()
-    sides = {t: _teacher_side(s, t) for t in flow.teacher_taps}
-    reads: dict[str, list] = {}  # teacher -> [(tap, pair loss)]
+    reads: dict[str, dict] = {}  # teacher -> {a pair's teacher key: (its tap, the pair's loss)}
     for (t, _), loss in zip(flow.pairs, flow.pair_losses):
-        reads.setdefault(sides[t][0], []).append((sides[t][1], loss))
+        m, tap = teacher_side(s, t)
+        reads.setdefault(m, {})[t] = (tap, loss)
     parts, sources, banks, tables = {}, {}, [], []
-    for m, pairs in reads.items():  # each teacher the stage reads: live, precomputed, or from its bank of views
-        banked, table = banked_teacher(s, ctx, m, pairs)
+    for m, keyed in reads.items():  # each teacher the stage reads: live, precomputed, or from its bank of views
+        banked, table = banked_teacher(s, ctx, m, list(keyed.values()))
         sources[m] = banked if banked is not None else run.teacher(m)
-        keys = {t: tap for t, (mm, tap) in sides.items() if mm == m}
+        keys = {t: tap for t, (tap, _) in keyed.items()}
         parts[m] = (as_teacher(sources[m], list(keys.values()), cfg.fast.inference_teacher), keys)
         if banked is not None:
             banks.append(banked)
