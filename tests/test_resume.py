@@ -15,7 +15,7 @@ from helpers import run_args
 
 SETS = ["stages.teacher.epochs=[2]", "stages.aux_labels.epochs=[1, 1]", "stages.aux_pkt.epochs=[1, 1]",
         "stages.student.epochs=[30, 10]", "stages.student_labels.epochs=[1, 1]", "stages.student_pkt.epochs=[1, 1]",
-        "eval.models=['student', 'aux']", "progress=false"]
+        "eval.models=['student', 'aux']", "progress=false", "checkpoint_s=0"]
 
 
 def _args(out, *extra):
@@ -113,3 +113,37 @@ def test_a_trainer_state_resumes_the_whole_stage():
         assert torch.equal(v, net2.state_dict()[k]), k
     assert saved["epoch"] == 2 and len(saved["records"]) == 3 and final["epoch"] == 3
     assert final["train_s"] > saved["train_s"] > 0  # the stage's time: both segments
+
+
+def test_checkpoints_every_checkpoint_s_seconds_of_training(monkeypatch):
+    """``checkpoint_s``: a checkpoint after the first epoch that ends at least that many seconds of training after
+    the last one (0: after every epoch). A clock that moves 10 s per batch, one batch an epoch, 25 s: epochs 2
+    (30 s after the start) and 5 (30 s after epoch 2), nothing after epoch 7 (20 s)."""
+    import types
+    from flowkd import SupervisedStep, train
+    from flowkd import trainer as trainer_mod
+    from flowkd.data.arrays import ArrayDataset, Loader
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    inner = SupervisedStep(net)
+
+    def step(batch):
+        clock[0] += 10.0
+        return inner(batch)
+
+    data = ArrayDataset(torch.randint(0, 256, (16, 1, 4, 4), dtype=torch.uint8), torch.arange(16) % 3, list("abc"))
+    for every, expected in ((25.0, [2, 5]), (0.0, list(range(8))), (1e9, [])):
+        saved = []
+        train(net, Loader(data, 16, shuffle=True), step, epochs=[8], lr=[1e-3], show_progress=False,
+              checkpoint=lambda t: saved.append((t.done, t.train_s)), checkpoint_s=every)
+        assert [e for e, _ in saved] == expected, every
+        assert all(s == 10.0 * (e + 1) for e, s in saved)
+
+
+def test_checkpoint_s_is_range_checked(tmp_path, capsys):
+    assert main(run_args(tmp_path / "r", ["checkpoint_s=-1"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("flowkd: error:") and "checkpoint_s" in err[-1] and ">= 0" in err[-1]

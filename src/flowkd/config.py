@@ -143,6 +143,7 @@ class Config:
     progress: bool = True           # progress bars (on a terminal; otherwise one line per epoch)
     tensorboard: bool = False       # also write metrics.jsonl's records to <run>/tensorboard/ (optional extra)
     cohort: bool = True             # consecutive stages that read the same data train in one pass (flowkd.cohort)
+    checkpoint_s: NonNegFloat = 30.0  # training seconds between a stage's checkpoints (0: every epoch)
     title: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)

@@ -73,6 +73,7 @@ def train(
     anneal: str = "none",
     average: int = 0,
     loss: nn.Module | None = None,
+    checkpoint_s: float = 0.0,
 ) -> list[dict]:
     """Train ``model`` for ``sum(epochs)`` epochs; return one record per epoch (mean of every term).
 
@@ -88,7 +89,8 @@ def train(
     values (the layer pairs' weights) in place.
     A non-finite term stops training with the stage, epoch and term named. ``autocast`` (e.g.
     ``torch.bfloat16``) runs the step under autocast; losses that need fp32 (PKT) compute in fp32.
-    ``checkpoint(trainer)`` is called after every epoch (``trainer.state_dict()`` is the stage's whole state);
+    ``checkpoint(trainer)`` is called after every epoch (``trainer.state_dict()`` is the stage's whole state), or
+    with ``checkpoint_s`` > 0 after the first epoch that ends that many seconds of training after the last call;
     ``resume=state`` (such a state) continues after the epoch it was saved at: weights, ``loss`` (a loss module
     with state of its own), optimiser, random state, records and weight average as they were (data order and
     augmentation depend only on the epoch, so the continuation is exact); the records returned are then the
@@ -104,7 +106,7 @@ def train(
     """
     tr = Trainer(model, step, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, restart=restart,
                  params=params, on_epoch=on_epoch, name=name, autocast=autocast, checkpoint=checkpoint,
-                 cuda_graph=cuda_graph, anneal=anneal, average=average, loss=loss)
+                 cuda_graph=cuda_graph, anneal=anneal, average=average, loss=loss, checkpoint_s=checkpoint_s)
     if resume is not None:
         tr.load_state_dict(resume)
     errors = run_epochs(loader, [tr], show_progress=show_progress)  # a cohort of one

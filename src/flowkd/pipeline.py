@@ -122,7 +122,7 @@ class Pipeline:
     # ---- running --------------------------------------------------------------------------------
     def _trainer(self, stage: Stage, partial: dict | None = None) -> Trainer:
         """The stage's trainer, resumed from ``partial`` (what ``<stage>.partial.pt`` holds, when a killed run
-        left one: the trainer's state after its last complete epoch, saved after every epoch), so that
+        left one: the trainer's state after an epoch, saved every ``checkpoint_s`` seconds of training), so that
         ``--resume`` continues exactly where the run stopped."""
         cfg, rundir, flow = self.cfg, self.rundir, stage.flow
         # the adaptive schedule follows the student's intermediate layers (every rank: same probe)
@@ -145,7 +145,7 @@ class Pipeline:
                      weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
                      checkpoint=lambda t: rundir.save_partial(stage.name, t.state_dict()), name=stage.name,
                      autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph,
-                     anneal=p.anneal, average=p.average, loss=flow)
+                     anneal=p.anneal, average=p.average, loss=flow, checkpoint_s=cfg.checkpoint_s)
         if partial is not None:
             tr.load_state_dict(partial)
             self.log(f"[{stage.name}] resuming after epoch {partial['epoch']}")

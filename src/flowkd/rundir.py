@@ -44,8 +44,9 @@ def is_run(path: Path) -> bool:
         return False
     return isinstance(config, dict) and {"data", "models", "stages"} <= set(config)
 
-# how a run shows itself and what it evaluates afterwards, not what it trains: free to change on --resume
-FREE_KEYS = ("progress", "tensorboard", "title", "eval")
+# how a run shows itself, how often it checkpoints and what it evaluates afterwards, not what it trains: free to
+# change on --resume
+FREE_KEYS = ("progress", "tensorboard", "title", "eval", "checkpoint_s")
 
 
 def _compared(config: dict | None) -> dict | None:

@@ -78,12 +78,14 @@ class Trainer:
 
     The trainer owns the stage's whole training state: ``state_dict()`` (the model, the loss, the optimiser,
     the random state, the records, the weight average, the training time so far, after the last complete
-    epoch) is what a checkpoint saves, and ``load_state_dict()`` continues from it exactly."""
+    epoch) is what a checkpoint saves, and ``load_state_dict()`` continues from it exactly. ``checkpoint(trainer)``
+    is called after an epoch once ``checkpoint_s`` seconds of training have passed since the last call (0: after
+    every epoch): a run of short epochs does not spend its time writing checkpoints."""
 
     def __init__(self, model: nn.Module, step: Step, *, epochs, lr, optimizer: str = "adam", weight_decay: float = 0.0,
                  restart: str = "never", params=None, on_epoch=None, name: str = "train", autocast=None,
                  checkpoint=None, cuda_graph: bool | type[StepGraph] = False, anneal: str = "none", average: int = 0,
-                 loss: nn.Module | None = None):
+                 loss: nn.Module | None = None, checkpoint_s: float = 0.0):
         self.epochs, self.lr = check_plan(epochs, lr, name)
         check_anneal_average(anneal, average, self.epochs, name)
         self.anneal, self.average = anneal, average
@@ -91,6 +93,9 @@ class Trainer:
         check_restart(restart, name)
         self.model, self.step, self.name, self.restart, self.loss = model, step, name, restart, loss
         self.optimizer, self.weight_decay, self.on_epoch, self.checkpoint = optimizer, weight_decay, on_epoch, checkpoint
+        if not checkpoint_s >= 0:
+            raise FlowKDError(f"{name}: checkpoint_s must be a number of seconds >= 0, got {checkpoint_s!r}")
+        self.checkpoint_s = float(checkpoint_s)  # training seconds between checkpoints (0: after every epoch)
         self.params = list(params) if params is not None else list(model.parameters())
         graph_cls = (StepGraph if cuda_graph is True else cuda_graph) or None
         self.graphs = GraphSteps(graph_cls) if graph_cls is not None else None
@@ -102,6 +107,7 @@ class Trainer:
         self.total = int(sum(self.epochs))
         self.opt, self.records, self.first, self.done = None, [], 0, -1
         self.train_s = 0.0  # the stage's training time so far (every segment of a resumed stage)
+        self.saved_s = 0.0  # ``train_s`` when the last checkpoint was taken
 
     def state_dict(self) -> dict:
         """The stage's training state after its last complete epoch: a snapshot (tensors copied to the CPU)."""
@@ -126,7 +132,7 @@ class Trainer:
             self.loss.load_state_dict(state["loss"])
         torch.set_rng_state(state["rng"].cpu())
         self.records = [dict(r) for r in state["records"]]
-        self.train_s = float(state["train_s"])
+        self.train_s = self.saved_s = float(state["train_s"])
         if self.first < self.total and _restarts(self.first, self.restart, self.epochs) is False:
             self.opt = self._new_optimizer(lr_at(self.first, self.epochs, self.lr, self.anneal))
             self.opt.load_state_dict(state["optimizer"])
@@ -193,8 +199,9 @@ class Trainer:
         self._average(epoch)
         self.done = epoch
         self.train_s += time.perf_counter() - self.t_epoch
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.train_s - self.saved_s >= self.checkpoint_s:
             self.checkpoint(self)
+            self.saved_s = self.train_s
         return rec
 
     def _live(self) -> list[torch.Tensor]:
