@@ -130,3 +130,72 @@ def test_an_unknown_tap_of_the_other_teacher_names_that_teacher(tmp_path):
     with pytest.raises(FlowKDError) as e:
         _build(tmp_path, _demo([["pool1", "pool1"], ["teacher/fc9", "fc1_relu"]]))
     assert "fc9" in str(e.value)
+
+
+# ---- several teachers averaged in one pair: "a+b" (issue 29: two auxiliaries averaged) -------------------------
+
+def _ref_pair(teachers, student):
+    """PKT (combined kernel, Jeffreys) of ``student`` against the mean of the teachers' similarity distributions,
+    entry by entry (test_pkt's naive reference)."""
+    from test_pkt import ref_div, ref_kernel
+
+    total = 0.0
+    for k in ("cosine", "student_t"):
+        ps = [ref_kernel(t.double().tolist(), k) for t in teachers]
+        p = [[sum(rows[i][j] for rows in ps) / len(ps) for j in range(len(ps[0]))] for i in range(len(ps[0]))]
+        total += ref_div(p, ref_kernel(student.double().tolist(), k), "jeffreys")
+    return total
+
+
+def test_a_pair_averaging_teachers_matches_the_naive_reference():
+    from flowkd import InformationFlowLoss
+    from flowkd.schedules import Constant
+
+    g = torch.Generator().manual_seed(0)
+    t = {"a": torch.randn(6, 5, generator=g), "m/b": torch.randn(6, 7, generator=g), "c": torch.randn(6, 3, generator=g)}
+    s = {"s1": torch.randn(6, 4, generator=g, requires_grad=True), "s2": torch.randn(6, 2, generator=g)}
+    flow = InformationFlowLoss([("a+m/b", "s1"), ("c", "s2")], Constant(1.0, 1.0))
+    assert flow.teacher_taps == ["a", "m/b", "c"]
+    terms = flow(t, s, epoch=0)
+    assert terms["pkt/a+m/b~s1"].item() == pytest.approx(_ref_pair([t["a"], t["m/b"]], s["s1"]), rel=1e-5)
+    assert terms["pkt/c~s2"].item() == pytest.approx(_ref_pair([t["c"]], s["s2"]), rel=1e-5)
+    # the student's gradient against central differences of the reference
+    terms["loss"].backward()
+    grad = s["s1"].grad.clone()
+    x = s["s1"].detach().double()
+    for i, j in ((0, 0), (3, 2), (5, 3)):
+        h = 1e-6
+        up, down = x.clone(), x.clone()
+        up[i, j] += h
+        down[i, j] -= h
+        fd = (_ref_pair([t["a"], t["m/b"]], up) - _ref_pair([t["a"], t["m/b"]], down)) / (2 * h)
+        assert grad[i, j].item() == pytest.approx(fd, rel=1e-3, abs=1e-7)
+
+
+def test_a_stage_averages_two_teachers_in_its_last_pair(tmp_path):
+    pairs = MIXED[:3] + [["fc1_relu+teacher/fc2_relu", "fc1_relu"]]
+    p, stages = _build(tmp_path, _demo(pairs))
+    try:
+        st = next(s for s in stages if s.name == "student")
+        assert st.learns_from == ("aux", "teacher")
+        batch = next(iter(st.loader))
+        got = st.teacher(batch)
+        assert set(got) == {"pool1", "pool2", "pool3", "fc1_relu", "teacher/fc2_relu"}
+        aux = _hooked(p.run_models.models["aux"], ["fc1_relu"], batch.x)["fc1_relu"]
+        big = _hooked(p.run_models.models["teacher"], ["fc2_relu"], batch.x)["fc2_relu"]
+        student = _hooked(p.run_models.models["student"], ["fc1_relu"], batch.x)["fc1_relu"]
+        terms = st.flow(got, {"fc1_relu": student, **{k: v for k, v in got.items() if k.startswith("pool")}}, epoch=0)
+        assert terms["pkt/fc1_relu+teacher/fc2_relu~fc1_relu"].item() == pytest.approx(
+            _ref_pair([aux, big], student), rel=1e-4)
+    finally:
+        for s in stages:
+            s.close()
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([["pool1", "pool1"], ["fc1_relu+teacher/fc2_relu", "fc1_relu", "kd"]], "averages several teachers ('+'), which only the pkt loss can"),
+    ([["pool1", "pool1"], ["fc1_relu+", "fc1_relu"]], "bad teacher side 'fc1_relu+'"),
+])
+def test_averaging_mistakes_are_one_line(pairs, message):
+    with pytest.raises(FlowKDError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        config_from_dict(_demo(pairs))

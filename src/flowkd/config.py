@@ -21,6 +21,7 @@ from typing import Annotated, Any, Union
 from .checks import (NonNegFloat, NonNegInt, PosFloat, PosInt, Range, check_anneal_average, check_plan,
                      check_restart, check_value, has_range)
 from .errors import FlowKDError
+from .taps import teacher_keys
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -287,8 +288,9 @@ def teacher_side(s: StageConfig, key: str) -> tuple[str, str]:
 
 
 def pair_teachers(s: StageConfig) -> list[tuple[str, str]]:
-    """Each listed pair's teacher side as (model, tap) (:func:`teacher_side`)."""
-    return [teacher_side(s, p[0]) for p in s.pairs]
+    """Each (model, tap) the listed pairs' teacher sides read (:func:`teacher_side`; a side ``"a+b"`` reads
+    several, ``flowkd.taps.teacher_keys``)."""
+    return [teacher_side(s, k) for p in s.pairs for k in teacher_keys(p[0])]
 
 
 def stage_teachers(s: StageConfig) -> list[str]:
@@ -365,7 +367,12 @@ def _validate(cfg: Config) -> None:
             raise FlowKDError(f"stage {s.name!r}: augment must be true, false or 'auto', got {s.augment!r}")
         if isinstance(s.views, bool) or not isinstance(s.views, int) or s.views < -1:
             raise FlowKDError(f"stage {s.name!r}: views must be a whole number >= 1 (or -1: the teacher's), got {s.views!r}")
-        named = [teacher_side(s, p[0])[0] for p in s.pairs if "/" in p[0]] if s.kind == "distill" else []
+        if s.kind == "distill":
+            averaged = [p for p, n in zip(s.pairs, pair_loss_names(s)) if "+" in p[0] and n != "pkt"]
+            if averaged:
+                raise FlowKDError(f"stage {s.name!r}: the pair {averaged[0][:2]} averages several teachers ('+'), "
+                                  "which only the pkt loss can (their similarity distributions averaged)")
+        named = [m for m, _ in pair_teachers(s) if m != s.teacher] if s.kind == "distill" else []
         for m in named:  # a pair reading another model than the stage's teacher ("model/tap")
             if m not in cfg.models:
                 raise FlowKDError(f"stage {s.name!r}: a pair reads {m!r}/..., but there is no model {m!r}; models: "

@@ -16,7 +16,7 @@ from .data.batch import Memo
 from .errors import FlowKDError
 from .losses.pkt import BATCHED_DIVERGENCES, PKTLoss, pairs_target, pkt_dtype, pkt_pairs
 from .schedules import CriticalPeriod, Schedule
-from .taps import parse_tap
+from .taps import parse_tap, teacher_keys
 
 __all__ = ["InformationFlowLoss"]
 
@@ -25,7 +25,8 @@ class InformationFlowLoss(nn.Module):
     """Loss = sum_l w_l(epoch) * PKT(T[t_l], S[s_l]) over ``pairs`` ordered shallow -> deep.
 
     ``pairs`` are (teacher tap, student tap) spec strings (see ``flowkd.taps``); the last pair is the
-    final representation. The taps are named only here: ``teacher_taps``/``student_taps`` give the
+    final representation. A teacher side ``"a+b"`` averages the similarity distributions of several teacher taps
+    (PKT's target: the mean of theirs; e.g. two auxiliaries' ``"aux2/pool1+aux3/pool1"``). The taps are named only here: ``teacher_taps``/``student_taps`` give the
     specs to hook. ``forward`` returns named terms: ``loss`` (the weighted sum), and per pair the raw loss
     ``<loss>/<t>~<s>`` (``pkt/...`` by default) and its weight ``w/<t>~<s>``.
     """
@@ -45,8 +46,11 @@ class InformationFlowLoss(nn.Module):
         pairs = [tuple(p) for p in pairs]
         if not pairs or any(len(p) != 2 for p in pairs):
             raise FlowKDError("information flow needs a non-empty list of (teacher tap, student tap) pairs")
-        for t, s in pairs:  # a teacher side "model/tap" is a tap of another teacher (flowkd.teachers.JointTeacher)
-            parse_tap(t.rsplit("/", 1)[-1]), parse_tap(s)
+        # each pair's teacher keys: "a+b" averages the PKT similarity distributions of several teacher taps;
+        # a key "model/tap" is a tap of another teacher (flowkd.teachers.JointTeacher)
+        self.parts = [tuple(teacher_keys(t)) for t, _ in pairs]
+        for keys, (_, s) in zip(self.parts, pairs):
+            [parse_tap(k.rsplit("/", 1)[-1]) for k in keys], parse_tap(s)
         self.pairs: list[tuple[str, str]] = pairs
         self.schedule = schedule if schedule is not None else CriticalPeriod()
         if pair_losses is None:
@@ -66,10 +70,14 @@ class InformationFlowLoss(nn.Module):
         self.batched = (isinstance(first, PKTLoss) and first.kernel == "combined" and first.divergence in BATCHED_DIVERGENCES
                         and all(type(l) is PKTLoss and (l.kernel, l.divergence, l.log_eps) == (first.kernel, first.divergence, first.log_eps)
                                 for l in self.pair_losses))
+        self.averaged = any(len(k) > 1 for k in self.parts)
+        if self.averaged and not self.batched:
+            raise FlowKDError("a pair averaging several teachers ('a/tap+b/tap') needs every pair's loss to be PKT "
+                              "with the combined kernel and the jeffreys or kl divergence")
 
     @property
     def teacher_taps(self) -> list[str]:
-        return list(dict.fromkeys(t for t, _ in self.pairs))
+        return list(dict.fromkeys(k for keys in self.parts for k in keys))
 
     @property
     def student_taps(self) -> list[str]:
@@ -108,11 +116,20 @@ class InformationFlowLoss(nn.Module):
             weights = torch.tensor(self.weights(epoch), dtype=torch.float32, device=self.weight_buffer.device)
         if self.batched:
             first = self.pair_losses[0]
-            ts, ss = [teacher[t] for t, _ in self.pairs], [student[s] for _, s in self.pairs]
+            groups = [[teacher[k] for k in keys] for keys in self.parts]
+            ts, ss = [g[0] for g in groups], [student[s] for _, s in self.pairs]
+            flat = [t for g in groups for t in g]
+            sizes = [len(g) for g in groups] if self.averaged else None
+
+            def compute():
+                return flat, pairs_target(flat, ss, first.log_eps, sizes)
+
             target = None
             if memo is not None:  # keyed by the teacher tensors themselves, kept alive with the value
-                key = ("pkt", tuple(map(id, ts)), first.log_eps, pkt_dtype((*ts, *ss)))
-                target = memo.get(key, lambda: (ts, pairs_target(ts, ss, first.log_eps)))[1]
+                key = ("pkt", tuple(tuple(map(id, g)) for g in groups), first.log_eps, pkt_dtype((*flat, *ss)))
+                target = memo.get(key, compute)[1]
+            elif self.averaged:
+                target = compute()[1]
             stacked = pkt_pairs(ts, ss, first.divergence, first.log_eps, target=target)
         else:
             stacked = torch.stack([loss(teacher[t], student[s]).float()

@@ -24,7 +24,7 @@ from .registry import Registry
 from .runmodels import RunModels, channels_last, seed_for
 from .schedules import SCHEDULES
 from .steps import DistillStep, Step, SupervisedStep
-from .taps import frozen_taps
+from .taps import frozen_taps, teacher_keys
 from .teachers import JointTeacher, Teacher, as_teacher
 
 __all__ = ["Stage", "Plan", "STAGE_KINDS", "build_stage", "stage_pairs", "teacher_reads"]
@@ -203,8 +203,9 @@ def teacher_reads(s: StageConfig, run: RunModels) -> dict[str, list[str]]:
     """Each model a distill stage reads, with the taps it reads of it."""
     out: dict[str, list[str]] = {}
     for t, _ in stage_pairs(s, run):
-        m, tap = teacher_side(s, t)
-        out.setdefault(m, []).append(tap)
+        for key in teacher_keys(t):
+            m, tap = teacher_side(s, key)
+            out.setdefault(m, []).append(tap)
     return out
 
 
@@ -215,7 +216,7 @@ def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
     options = pair_loss_options(s)
     if options.get("log_eps") == 0:  # 0: plain logs, as the reference code
         options["log_eps"] = None
-    sides = {t: teacher_side(s, t) for t, _ in pairs}
+    sides = {k: teacher_side(s, k) for t, _ in pairs for k in teacher_keys(t)}
     t_shapes: dict[str, tuple] = {}
     for model in dict.fromkeys(m for m, _ in sides.values()):  # each teacher's taps, in the order they fire
         key_of = {tap: key for key, (m, tap) in sides.items() if m == model}
@@ -224,7 +225,7 @@ def build_flow(s: StageConfig, run: RunModels) -> InformationFlowLoss:
     check_pair_order(s, pairs, [k for k in t_shapes if sides[k][0] == s.teacher], list(s_shapes))
     names = pair_loss_names(s) if s.pairs else [s.loss] * len(pairs)
     # the stage's options go to the pairs of its `loss`; a pair naming another loss takes that loss's defaults
-    losses = [PAIR_LOSSES.get(n)(t_shapes[t], s_shapes[st], **(options if n == s.loss else {}))
+    losses = [PAIR_LOSSES.get(n)(t_shapes[teacher_keys(t)[0]], s_shapes[st], **(options if n == s.loss else {}))
               for (t, st), n in zip(pairs, names)]
     sched = dict(s.schedule)
     schedule = SCHEDULES.build(sched.pop("name"), sched, f"stage {s.name!r}, schedule")
@@ -240,9 +241,10 @@ def build_distill(s: StageConfig, ctx: Context) -> Stage:
     flow = build_flow(s, run)  # unknown layers fail here, naming the closest valid ones
     rng = torch.get_rng_state()
     reads: dict[str, dict] = {}  # teacher -> {a pair's teacher key: (its tap, the pair's loss)}
-    for (t, _), loss in zip(flow.pairs, flow.pair_losses):
-        m, tap = teacher_side(s, t)
-        reads.setdefault(m, {})[t] = (tap, loss)
+    for keys, loss in zip(flow.parts, flow.pair_losses):
+        for k in keys:
+            m, tap = teacher_side(s, k)
+            reads.setdefault(m, {})[k] = (tap, loss)
     parts, sources, banks, tables = {}, {}, [], []
     for m, keyed in reads.items():  # each teacher the stage reads: live, precomputed, or from its bank of views
         banked, table = banked_teacher(s, ctx, m, list(keyed.values()))

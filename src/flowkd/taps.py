@@ -21,7 +21,7 @@ from torch import nn
 from .errors import FlowKDError
 from .registry import closest
 
-__all__ = ["TapSpec", "parse_tap", "Taps", "FrozenTaps", "frozen_taps", "layer_shapes", "unwrap", "default_representation"]
+__all__ = ["TapSpec", "parse_tap", "teacher_keys", "Taps", "FrozenTaps", "frozen_taps", "layer_shapes", "unwrap", "default_representation"]
 
 _SPEC = re.compile(r"^(?P<name>[^:@\s]+)(?P<input>:input)?(?:@(?P<grid>\d+|map))?$")
 
@@ -43,6 +43,15 @@ class TapSpec:
                 raise FlowKDError(f"tap {self.spec!r}: @{self.grid} pools a conv map (N,C,H,W) but got shape {tuple(x.shape)}")
             x = F.adaptive_avg_pool2d(x, self.grid)
         return x.flatten(1)
+
+
+def teacher_keys(side: str) -> list[str]:
+    """The teacher keys of a pair's teacher side: ``"a+b"`` is several (their PKT similarity distributions
+    averaged), each a tap of the stage's teacher or ``"model/tap"`` of another model."""
+    keys = side.split("+")
+    if not all(keys):
+        raise FlowKDError(f"bad teacher side {side!r}: '+' joins teacher taps, e.g. 'aux2/pool1+aux3/pool1'")
+    return keys
 
 
 def parse_tap(spec: str) -> TapSpec:

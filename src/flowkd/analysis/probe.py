@@ -45,8 +45,8 @@ class FlowProbe:
         if flow is not None:
             rec["teacher"], rec["teacher_mi"] = s.teacher_name, self.t_mi
             rec["weights"] = dict(zip(flow.names, flow.weights(epoch)))
-            rec["divergence"] = {name: float(loss(self.t_feats[tt], feats[st]))
-                                 for (tt, st), name, loss in zip(flow.pairs, flow.names, flow.pair_losses)}
+            terms = flow(self.t_feats, feats, epoch)  # each pair's loss as the flow computes it (teachers averaged)
+            rec["divergence"] = {name: float(terms[f"{term}/{name}"]) for name, term in zip(flow.names, flow.terms)}
         rec["time_s"] = round(time.perf_counter() - t0, 4)
         return rec
 

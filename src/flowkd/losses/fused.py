@@ -31,8 +31,11 @@ kernels, and finite differences.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+from ..errors import FlowKDError
 from .kernels import EPS
 
 __all__ = ["pkt_stack", "pkt_target"]
@@ -112,13 +115,20 @@ class _PKTStack(torch.autograd.Function):
         return (None, None, None, None, *([None] * (ctx.first - 4)), *grads)
 
 
-def pkt_target(teachers: list[torch.Tensor], log_eps: float | None = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def pkt_target(teachers: list[torch.Tensor], log_eps: float | None = 1e-6,
+               groups: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teachers' side of :func:`pkt_stack`: their conditional probabilities P (2, L, N, N: cosine, then
     Student-t) and log(P + l), computed without gradient. Students of one cohort that read the same teacher
-    taps share it (``pkt_stack(..., target=)``); the values are those pkt_stack computes for itself."""
+    taps share it (``pkt_stack(..., target=)``); the values are those pkt_stack computes for itself.
+    ``groups``: the teachers come in consecutive groups of these sizes, one group per pair, and a pair's P is
+    the mean of its group's (several teachers' similarity distributions averaged; still a distribution per row)."""
     with torch.no_grad():
         k = _kernels([t.detach() for t in teachers])[0]
         p = k / k.sum(-1, keepdim=True)
+        if groups is not None:
+            if sum(groups) != len(teachers) or min(groups, default=0) < 1:
+                raise FlowKDError(f"groups {list(groups)} do not split {len(teachers)} teacher matrices")
+            p = torch.stack([g.mean(1) for g in p.split(list(groups), dim=1)], dim=1)
         le = log_eps or 0.0
         return p, (p + le if le else p).log()
 

@@ -63,12 +63,14 @@ def pkt_dtype(xs: Sequence[torch.Tensor]) -> torch.dtype:
 
 
 def pairs_target(teachers: Sequence[torch.Tensor], students: Sequence[torch.Tensor],
-                 log_eps: float | None = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                 log_eps: float | None = 1e-6, groups: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The teachers' side of :func:`pkt_pairs` (their similarity distributions and logs, in the dtype
-    pkt_pairs computes in for these students): what ``pkt_pairs(..., target=)`` takes."""
+    pkt_pairs computes in for these students): what ``pkt_pairs(..., target=)`` takes. ``groups``: the
+    teachers come in consecutive groups of these sizes, one per student, each group's distributions averaged
+    (:func:`flowkd.losses.fused.pkt_target`)."""
     with torch.autocast(device_type=teachers[0].device.type, enabled=False):
         dtype = pkt_dtype((*teachers, *students))
-        return pkt_target([_flat(t).to(dtype) for t in teachers], log_eps)
+        return pkt_target([_flat(t).to(dtype) for t in teachers], log_eps, groups)
 
 
 def pkt_pairs(
