@@ -18,7 +18,6 @@ A model SPEC is ``ARCH`` or ``ARCH@WEIGHTS``: ARCH is a zoo name (``flowkd model
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
