@@ -131,6 +131,16 @@ def test_compare_refuses_a_folder_that_is_not_a_comparison_and_repeated_seeds(tm
     one_error(capsys, main([*args, "--out", str(tmp_path / "cmp"), "--seeds", "0", "--reuse", "--name", "mine"]),
               "the results file", "compare_mine.md already exists", "choose another --results-dir or --name", "--force")
     assert (res / "compare_mine.md").read_text() == "my table"
+    # a finished seed trained by another config is not reused: its numbers are not this config's
+    before = snapshot(res)
+    one_error(capsys, main([*args, "--out", str(tmp_path / "cmp"), "--seeds", "0", "--reuse",
+                            "--set", "stages.student.lr=[0.5, 0.05]"]),
+              "cannot reuse seed 0 trained with another config", "stages.student.lr was [0.01, 0.001]",
+              "is [0.5, 0.05] now", "another --out")
+    assert snapshot(res) == before
+    # the keys free to change on --resume (how it shows itself, how often it checkpoints, what it evaluates) are free here
+    assert main([*args, "--out", str(tmp_path / "cmp"), "--seeds", "0", "--reuse", "--set", "checkpoint_s=5",
+                 "--set", "title=renamed"]) == 0
 
 
 # ---- a write that fails ---------------------------------------------------------------------------------

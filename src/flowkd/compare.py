@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from .checks import check_number
-from .config import load_config
+from .config import load_config, to_dict
 from .errors import FlowKDError
 from .io import read_json, atomic_write_json, atomic_write_text, check_folder, check_output
 from .pipeline import Pipeline
-from .rundir import is_run
+from .rundir import compared_config, first_difference, is_run
 from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
 __all__ = ["compare", "aggregate", "compare_table", "render", "same_everywhere", "provenance_line", "is_comparison", "check_plan"]
@@ -205,6 +205,17 @@ def check_plan(config, seeds, out_dir, results: list[Path], *, reuse: bool, forc
         check_output(path, "the results file", force=force, ours=_is_results, choose="--results-dir or --name")
 
 
+def _check_same_config(run_dir: Path, cfg, seed: int) -> None:
+    """A finished seed is reused only if it was trained by the config as it is now (the keys free to change on
+    --resume aside): the same rule as resuming a run, so a changed --set never reports another config's numbers."""
+    old = read_json(run_dir / "config.json", "remove that seed's folder to train it again")
+    diff = first_difference(compared_config(old), compared_config(to_dict(cfg)))
+    if diff:
+        key, was, now = diff
+        raise FlowKDError(f"{run_dir}: cannot reuse seed {seed} trained with another config: {key} was {was!r} and is "
+                          f"{now!r} now; set it back, or give another --out (or remove that seed's folder to train it again)")
+
+
 def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name: str = "", log=print,
             reuse: bool = False, force: bool = False) -> dict:
     """Run the config once per seed (``out_dir/seed<N>``) and aggregate. ``reuse``: a seed whose run folder
@@ -225,6 +236,7 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
         run_dir = Path(out_dir) / f"seed{seed}"
         done = run_dir / "results.json"
         if reuse and done.is_file():
+            _check_same_config(run_dir, cfg, seed)
             log(f"== seed {seed}: reusing {done}")
             res = read_json(done, "remove that seed's folder to train it again")
             for n, m in res.get("models", {}).items():  # the paper's figures of the config as it is now

@@ -30,7 +30,7 @@ from torch import nn
 from .errors import FlowKDError, first_line
 from .io import read_json, append_jsonl, check_folder, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
 
-__all__ = ["RunDir", "RunLock", "cpu_state", "is_run", "first_difference"]
+__all__ = ["RunDir", "RunLock", "cpu_state", "is_run", "first_difference", "compared_config"]
 
 
 def is_run(path: Path) -> bool:
@@ -49,7 +49,8 @@ def is_run(path: Path) -> bool:
 FREE_KEYS = ("progress", "tensorboard", "title", "eval", "checkpoint_s")
 
 
-def _compared(config: dict | None) -> dict | None:
+def compared_config(config: dict | None) -> dict | None:
+    """A run's config as resuming (or reusing) it compares it: without the keys free to change."""
     return None if config is None else {k: v for k, v in config.items() if k not in FREE_KEYS}
 
 
@@ -189,7 +190,7 @@ class RunDir:
         if self.resume and state_path.exists():
             state = read_json(state_path, "the run folder is damaged (a file edited or cut short by hand?): "
                                           "start the run again in another --out")
-            diff = first_difference(_compared(state.get("config")), _compared(self.config))
+            diff = first_difference(compared_config(state.get("config")), compared_config(self.config))
             if diff:
                 key, old, new = diff
                 raise FlowKDError(f"{path}: cannot resume with another config: {key} was {old!r} when the run "
