@@ -30,10 +30,10 @@ ROWS = [("live", "live: the auxiliary runs on every batch"), ("k1", "bank, K = 1
 COLS = ["legacy cos mAP", "legacy euc mAP", "legacy cos P@100", "cos mAP"]
 
 
-def _pm(values: list[float]) -> str:
+def _pm(values: list[float], sign: str = "") -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:{sign}.2f}"
+    return f"{statistics.fmean(values):{sign}.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _bank_cost(bank: Path | None, previous: dict) -> dict:
@@ -80,7 +80,7 @@ def main() -> None:
         rows.append({"model": name, "what": what, **{c: m[c] for c in COLS if c in m},
                      "delta_vs_live": {"values": deltas, "mean": statistics.fmean(deltas),
                                        "std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0}})
-        d = "—" if name == "live" else _pm(deltas)
+        d = "—" if name == "live" else _pm(deltas, "+")
         per = "—" if name == "live" else " / ".join(f"{x:+.2f}" for x in deltas)
         L.append(f"| {what} | {_pm(vals)} | {_pm(m['legacy euc mAP']['values'])} | "
                  f"{_pm(m['legacy cos P@100']['values'])} | {_pm(m['cos mAP']['values'])} | {d} | {per} |")
@@ -105,6 +105,9 @@ def main() -> None:
                   f"{cost['images_per_s']:,} images/s, load average {cost['load_avg'][0] if cost['load_avg'] else '?'} "
                   f"at its first view) and {cost['bytes'] / 2**20:,.0f} MiB on disk "
                   f"({cost['bytes_per_view'] / 2**20:.0f} MiB a view: the four float16 taps the flow reads)."]
+    notes = res / "bank_views_notes.md"  # how the runs were made, written by whoever ran them
+    if notes.exists():
+        L += ["", notes.read_text().strip()]
     L += ["", f"Made by `flowkd compare {doc['config']} --seeds {' '.join(map(str, seeds))}` on "
               f"{doc['machine'].get('cpu_threads')} CPU threads ({doc['machine'].get('torch')}), wall time "
               f"{doc['wall_s']:.0f} s; {provenance_line(doc)}. Regenerate: `python benchmarks/bank_views_table.py`."]

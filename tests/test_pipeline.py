@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from flowkd.cli import main
 from helpers import run_args, sets
@@ -42,6 +43,13 @@ def test_run_writes_checkpoints_metrics_results(tmp_path, capsys):
     assert [r["lr"] for r in student] == [1e-2, 1e-2, 1e-3]
     # the aux learns from the teacher's representation only; stage B starts from stage A's weights
     assert res["stages"]["aux_pkt"]["pairs"] == [["fc2_relu", "fc1_relu"]]
+    # each stage says how it trained (wall times compare only between like settings): the student cohort of 3
+    # side by side on min(3, threads) workers, the single aux_pkt stage on one worker with every thread
+    threads = torch.get_num_threads()
+    on = res["stages"]["student"]["trained_on"]
+    assert on["workers"] == min(3, threads) and on["resumed"] is False and len(on["load_avg"]) == 3
+    assert res["stages"]["aux_pkt"]["trained_on"]["workers"] == 1
+    assert res["stages"]["aux_pkt"]["trained_on"]["threads_per_worker"] == threads
     for m in res["models"].values():
         assert 0 <= m["cosine"]["map"] <= 100 and 0 <= m["euclidean"]["map"] <= 100
     assert "head_acc" in res["models"]["student_labels"] and "head_acc" not in res["models"]["student"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import time
 
 import torch
@@ -161,6 +162,9 @@ class Pipeline:
         share = len(group) > 1 and not fast.cuda_graph
         # students side by side: not with collectives (each rank's students would meet them in any order)
         workers, threads = worker_plan(fast.student_workers if not self.dist.enabled else 1, len(group), self.device)
+        # how this pass ran, for the stages' info: wall times are comparable only between like settings
+        self.trained_on = {"workers": workers, "threads_per_worker": threads,
+                           "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
         with shared_teachers(group, fast.inference_teacher) if share else contextlib.nullcontext([]) as shared:
             trainers = [self._trainer(st, partials.get(st.name)) for st in group]
             errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress, workers=workers,
@@ -254,7 +258,8 @@ class Pipeline:
                      + (f" (a cohort of {len(group)})" if len(group) > 1 else "") + "; last: "
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
             info = {**st.info, "model": st.model_name, "teacher": st.teacher_name, "epochs": int(sum(st.plan.epochs)),
-                    "wall_s": round(tr.train_s, 3), "last": last, "records": records}
+                    "wall_s": round(tr.train_s, 3), "last": last, "records": records,
+                    "trained_on": {**self.trained_on, "resumed": st.name in partials}}
             if len(group) > 1:
                 info["cohort"] = [m.name for m in group]
             if self.device.type == "cuda":
