@@ -29,6 +29,7 @@ ROWS = [  # (model name in the configs, what it is), the paper's comparison in o
     ("kd", "Hinton KD (+CE)"),
     ("fitnet", "FitNets (hint, then KD; +CE)"),
     ("at", "attention transfer (+CE)"),
+    ("at_searched", "attention transfer, weight searched on validation (+CE)"),
     ("sp", "similarity preserving (+CE)"),
     ("pkt_last", "PKT, last layer, from the ResNet-18"),
     ("flow_constant", "ablation a: aux, all layers, constant weights"),
@@ -41,6 +42,33 @@ ROWS = [  # (model name in the configs, what it is), the paper's comparison in o
 WHAT = dict(ROWS)
 DIRECT = ["kd", "fitnet", "at", "sp", "pkt_last", "flow_direct"]  # taught straight by the ResNet-18
 KEY = "legacy cos mAP"
+# attention transfer at the weight searched on a CIFAR-10 validation split (benchmarks/beyond/at_weight.toml): the
+# same config and seeds with only its AT stage trained (the row depends on no auxiliary, so it pairs seed by seed
+# with the primary run's rows)
+AT_RUN = "compare_cifar10_at.json"
+
+
+def _at_searched(primary: dict, at_doc: dict) -> dict | None:
+    """The searched AT row, restricted to the primary run's seeds (paired by seed number)."""
+    row = at_doc["models"].get("at")
+    keep = [at_doc["seeds"].index(s) for s in primary["seeds"] if s in at_doc["seeds"]]
+    if row is None or len(keep) != len(primary["seeds"]):
+        return None
+    out = {k: v for k, v in row.items() if not isinstance(v, dict) or "values" not in v}
+    for k, v in row.items():
+        if isinstance(v, dict) and "values" in v:
+            vals = [v["values"][i] for i in keep]
+            out[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                      "values": vals}
+    schedule = next(s["schedule"] for s in _stages(at_doc) if s["name"] == "at")
+    out["label"] = f"attention transfer, weight {schedule['weight']:g} searched on validation (+CE)"
+    return out
+
+
+def _stages(doc: dict) -> list:
+    from flowkd.config import load_config, to_dict
+
+    return to_dict(load_config(ROOT / doc["config"], doc.get("overrides", [])))["stages"]
 
 
 def _one_model(row: dict) -> bool:
@@ -118,9 +146,10 @@ def claims(models: dict) -> list[dict]:
                     else verdict, "comparisons": vs})
 
     claim("distillation without labels beats training on labels (proposed vs labels only)", [("flow", "labels")])
+    direct = [("at_searched" if d == "at" and "at_searched" in models else d) for d in DIRECT]
     claim("heterogeneous: the same student taught through the auxiliary beats every method taught straight by the "
           "ResNet-18 (the paper's central claim; KD, FitNets, AT and SP also see labels)",
-          [("flow", d) for d in DIRECT])
+          [("flow", d) for d in direct])
     claim("the auxiliary teacher matters: the critical period through the auxiliary beats the critical period "
           "straight from the ResNet-18 (ablation b)", [("flow", "flow_direct")])
     claim("the critical period matters: decaying intermediate weights beat constant ones (ablation a)",
@@ -167,6 +196,18 @@ def main() -> None:
              "results/cifar10_teacher_eval.json).", ""]
     tables, claimed = {}, {}
     order = [s for s in SOURCES if s in docs]
+    at_path, at_doc = res / AT_RUN, None
+    if order and order[0] == SOURCES[0] and at_path.exists():  # the searched AT row joins the primary run's rows
+        at_doc = json.loads(at_path.read_text())
+        row = _at_searched(docs[order[0]], at_doc)
+        if row is None:
+            at_doc = None
+        else:
+            primary = docs[order[0]]
+            primary["models"]["at_searched"] = row
+            if "at" in primary["models"]:  # the row beside it: the weight chosen on the digits search
+                w = next(s["schedule"] for s in _stages(primary) if s["name"] == "at")["weight"]
+                primary["models"]["at"]["label"] = f"attention transfer, weight {w:g} from the digits search (+CE)"
     for k, name in enumerate(order):
         doc = docs[name]
         found = {m: (row, doc) for m, row in doc["models"].items()}
@@ -193,6 +234,11 @@ def main() -> None:
         lines += ["", f"- {doc['config']}: seeds {doc['seeds']}, {m.get('gpu') or m.get('device')}, torch "
                       f"{m.get('torch')}, {m.get('cpu_threads')} CPU threads, wall time {doc['wall_s']:.0f} s; "
                       + provenance_line(doc)]
+    if at_doc is not None:
+        m = at_doc["machine"]
+        lines += ["", f"- the searched attention-transfer row: {at_doc['config']} with only its `at` stage trained "
+                      f"(the others 0 epochs), seeds {at_doc['seeds']}, {m.get('device')}, torch {m.get('torch')}, "
+                      f"{m.get('cpu_threads')} CPU threads, wall time {at_doc['wall_s']:.0f} s; " + provenance_line(at_doc)]
     bank = res / "bench_bank.json"
     if order and docs[order[0]]["config"].endswith("compare_cifar10.toml") and bank.exists():
         b = json.loads(bank.read_text())
