@@ -25,9 +25,9 @@ class InformationFlowLoss(nn.Module):
     """Loss = sum_l w_l(epoch) * PKT(T[t_l], S[s_l]) over ``pairs`` ordered shallow -> deep.
 
     ``pairs`` are (teacher tap, student tap) spec strings (see ``flowkd.taps``); the last pair is the
-    final representation. A teacher side ``"a+b"`` averages the similarity distributions of several teacher taps
-    (PKT's target: the mean of theirs; e.g. two auxiliaries' ``"aux2/pool1+aux3/pool1"``). The taps are named only here: ``teacher_taps``/``student_taps`` give the
-    specs to hook. ``forward`` returns named terms: ``loss`` (the weighted sum), and per pair the raw loss
+    final representation. A teacher side ``"a+b"`` averages the similarity distributions of several teacher
+    taps (PKT's target: the mean of theirs; e.g. two auxiliaries' ``"aux2/pool1+aux3/pool1"``). The taps are named
+    only here: ``teacher_taps``/``student_taps`` give the specs to hook. ``forward`` returns named terms: ``loss`` (the weighted sum), and per pair the raw loss
     ``<loss>/<t>~<s>`` (``pkt/...`` by default) and its weight ``w/<t>~<s>``.
     """
 
@@ -50,7 +50,9 @@ class InformationFlowLoss(nn.Module):
         # a key "model/tap" is a tap of another teacher (flowkd.teachers.JointTeacher)
         self.parts = [tuple(teacher_keys(t)) for t, _ in pairs]
         for keys, (_, s) in zip(self.parts, pairs):
-            [parse_tap(k.rsplit("/", 1)[-1]) for k in keys], parse_tap(s)
+            for k in keys:
+                parse_tap(k.rsplit("/", 1)[-1])
+            parse_tap(s)
         self.pairs: list[tuple[str, str]] = pairs
         self.schedule = schedule if schedule is not None else CriticalPeriod()
         if pair_losses is None:
