@@ -1,5 +1,5 @@
-"""``flowkd demo`` end to end, today's code (the baseline commit's src/, from git) vs now, now with one
-intra-op thread (OMP_NUM_THREADS=1), and that with bf16 autocast (its mAPs next to float32's, same seed), run
+"""``flowkd demo`` end to end, today's code (the baseline commit's src/, from git) vs now, now with a checkpoint
+after every epoch (the default before ``checkpoint_s``), now with one intra-op thread (OMP_NUM_THREADS=1), and that with bf16 autocast (its mAPs next to float32's, same seed), run
 after one another in rotated rounds on this machine (OMP_WAIT_POLICY / OMP_NUM_THREADS of the caller dropped). Per run: the wall
 time of the command, each stage group's wall time and the evaluation's (the cost columns' export and latency
 timings are part of it), from the run's results.json.
@@ -50,6 +50,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="flowkd-baseline-") as base:
         subprocess.run(f"git -C {ROOT} archive {BASELINE} src | tar -x -C {base}", shell=True, check=True)
         variants = {f"today (commit {BASELINE})": (Path(base) / "src", {}, []), "now": (ROOT / "src", {}, []),
+                    "now, checkpoint_s=0 (a checkpoint after every epoch)": (ROOT / "src", {}, ["--set", "checkpoint_s=0"]),
                     "now, OMP_NUM_THREADS=1": (ROOT / "src", {"OMP_NUM_THREADS": "1"}, []),
                     "now, OMP_NUM_THREADS=1, fast.amp=bf16": (ROOT / "src", {"OMP_NUM_THREADS": "1"}, ["--set", "fast.amp=bf16"])}
         names = list(variants)
