@@ -36,6 +36,8 @@ def agg(row: dict, col: str) -> dict:
 
 
 def pm(cell: dict) -> str:
+    if len(cell.get("values", [])) == 1:  # one seed: no spread
+        return f"{cell['mean']:.2f}"
     return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
 
 
@@ -212,6 +214,24 @@ def main() -> None:
           f"labels and the information flow {lm['flow_labels']['legacy cos mAP']['mean'] - lm['labels']['legacy cos mAP']['mean']:.1f}"
           f" — far below the label-free information-flow student ({b['legacy cos mAP']['mean']:.2f}), whose fc1 is shaped "
           "by the auxiliary teacher's similarities alone."]
+    views_path = RES / "compare_cifar10_labelled_views.json"  # KD again, beside KD from the ResNet-18's bank of views
+    if views_path.exists():
+        vd = json.loads(views_path.read_text())
+        vm = vd["models"]
+        d = [a - b for a, b in zip(vm["kd_views"]["legacy cos mAP"]["values"], vm["kd"]["legacy cos mAP"]["values"])]
+        da = [a - b for a, b in zip(vm["kd_views"]["head acc"]["values"], vm["kd"]["head acc"]["values"])]
+        L += ["", "### KD with the teacher on the student's pixels", "",
+              "The KD row above reads logits computed once on the un-augmented images while its student sees augmented "
+              "ones. `kd_views` reads the same ResNet-18's logits from its bank of 4 augmented views instead (teacher and "
+              f"student on the same pixels; `flowkd.bank`); both trained again in one run, seeds "
+              f"{', '.join(map(str, vd['seeds']))} (`results/compare_cifar10_labelled_views.md`):", "",
+              "| student | head acc | legacy cos mAP | legacy euc mAP | legacy cos P@100 |", "|---|---:|---:|---:|---:|"]
+        for k, name in (("kd", "KD, logits of the un-augmented images"), ("kd_views", "KD, logits from the bank of 4 views")):
+            r = vm[k]
+            L.append(f"| {name} | {pm(r['head acc'])} | {pm(r['legacy cos mAP'])} | {pm(r['legacy euc mAP'])} | "
+                     f"{pm(r['legacy cos P@100'])} |")
+        L += ["", "Seed by seed, the bank minus the un-augmented logits: legacy cos mAP "
+                  f"{' / '.join(f'{x:+.2f}' for x in d)}, head accuracy {' / '.join(f'{x:+.2f}' for x in da)}."]
     atomic_write_text(RES / "beyond_cifar10.md", "\n".join(L) + "\n")
     print("wrote results/beyond_cifar10.md")
 
