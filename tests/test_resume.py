@@ -147,3 +147,19 @@ def test_checkpoint_s_is_range_checked(tmp_path, capsys):
     assert main(run_args(tmp_path / "r", ["checkpoint_s=-1"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("flowkd: error:") and "checkpoint_s" in err[-1] and ">= 0" in err[-1]
+
+
+def test_a_resume_keeps_the_flow_log_of_the_kept_epochs_only(tmp_path):
+    """The epochs after a stage's last checkpoint are trained again and log again: ``reset_metrics`` keeps of
+    flow.jsonl the lines of the epochs it keeps (and drops a line cut short by the kill)."""
+    from flowkd.rundir import RunDir
+
+    run = RunDir(tmp_path / "run", {}, resume=True)
+    run.path.mkdir()
+    lines = [{"stage": "a", "epoch": 0, "mi": 1}, {"stage": "a", "epoch": 1, "mi": 2}, {"stage": "b", "epoch": 0, "mi": 3},
+             {"stage": "b", "epoch": 1, "mi": 4}, {"stage": "b", "epoch": 2, "mi": 5}]
+    (run.path / "flow.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"stage": "b", "ep')
+    kept = [{"stage": "a", "epoch": 0}, {"stage": "a", "epoch": 1}, {"stage": "b", "epoch": 0}]  # b saved after epoch 0
+    run.reset_metrics(kept)
+    assert [json.loads(x)["mi"] for x in (run.path / "flow.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()] == kept

@@ -71,6 +71,15 @@ def first_difference(old, new, key: str = "") -> tuple[str, object, object] | No
     return None if old == new else (key, old, new)
 
 
+def _epoch_of(line: str) -> tuple | None:
+    """(stage, epoch) of a JSON-lines log record; None for a line that is not one (a line cut short by a kill)."""
+    try:
+        r = json.loads(line)
+    except ValueError:
+        return None
+    return (r.get("stage"), r.get("epoch")) if isinstance(r, dict) else None
+
+
 class RunLock:
     """One process per run folder. ``<run>/.lock`` holds the pid and host of the process using the folder, under
     an advisory lock (``flock``) that the system drops when that process ends, however it ends: the lock a killed
@@ -271,9 +280,17 @@ class RunDir:
 
     # ---- logs and results ---------------------------------------------------------------------------
     def reset_metrics(self, kept: list[dict]) -> None:
-        """Start ``metrics.jsonl`` over with the records kept from completed (and partly completed) stages."""
-        if self.writer:
-            atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        """Start ``metrics.jsonl`` over with the records kept from completed (and partly completed) stages, and keep
+        of ``flow.jsonl`` the lines of those epochs only (the epochs after a stage's last checkpoint are trained
+        again and log again)."""
+        if not self.writer:
+            return
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        flow = self.path / "flow.jsonl"
+        if flow.is_file():
+            epochs = {(r.get("stage"), r.get("epoch")) for r in kept}
+            keep = [x for x in flow.read_text().splitlines() if _epoch_of(x) in epochs]
+            atomic_write_text(flow, "".join(x + "\n" for x in keep))
 
     def log_metrics(self, record: dict) -> None:
         if self.writer:
