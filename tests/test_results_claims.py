@@ -47,3 +47,19 @@ def test_a_claim_holds_only_when_the_row_is_above_on_every_seed(table):
 def test_the_comparison_is_seed_by_seed_not_of_means(table):
     v = table._versus({"a": _row(10.0, 30.0), "b": _row(20.0, 10.0)}, "a", "b")
     assert v["diff"] == pytest.approx(5.0) and v["above"] == 1 and v["seeds"] == 2
+
+
+def test_the_searched_at_row_pairs_by_seed_and_replaces_at_in_the_heterogeneous_claim(table):
+    """The AT row of its own run (only AT trained) joins the primary run by seed number, whatever the order of the
+    seeds in either run, and the heterogeneous claim reads it instead of the digits-weight AT row."""
+    at_doc = {"seeds": [2, 0, 1], "config": "configs/compare_cifar10.toml",
+              "overrides": ['stages.at.schedule={name="constant",weight=10.0,final=10.0}'],
+              "models": {"at": _row(30.0, 10.0, 20.0)}}
+    row = table._at_searched({"seeds": [0, 2]}, at_doc)
+    assert row["legacy cos mAP"]["values"] == [10.0, 30.0] and row["legacy cos mAP"]["mean"] == 20.0
+    assert "weight 10 searched on validation" in row["label"]
+    assert table._at_searched({"seeds": [0, 3]}, at_doc) is None  # a seed the AT run lacks: not joined
+    models = {"flow": _row(50.0, 51.0), "at": _row(5.0, 5.0), "at_searched": row,
+              **{d: _row(40.0, 40.0) for d in ("kd", "fitnet", "sp", "pkt_last", "flow_direct")}}
+    het = next(c for c in table.claims(models) if c["claim"].startswith("heterogeneous"))
+    assert {v["b"] for v in het["comparisons"]} == {"kd", "fitnet", "at_searched", "sp", "pkt_last", "flow_direct"}
