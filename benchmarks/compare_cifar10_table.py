@@ -45,7 +45,7 @@ KEY = "legacy cos mAP"
 # attention transfer at the weight searched on a CIFAR-10 validation split (benchmarks/beyond/at_weight.toml): the
 # same config and seeds with only its AT stage trained (the row depends on no auxiliary, so it pairs seed by seed
 # with the primary run's rows)
-AT_RUN = "compare_cifar10_at.json"
+AT_RUN = "compare_cifar10_at_w10.json"
 
 
 def _at_searched(primary: dict, at_doc: dict) -> dict | None:
@@ -61,7 +61,7 @@ def _at_searched(primary: dict, at_doc: dict) -> dict | None:
             out[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                       "values": vals}
     schedule = next(s["schedule"] for s in _stages(at_doc) if s["name"] == "at")
-    out["label"] = f"attention transfer, weight {schedule['weight']:g} searched on validation (+CE)"
+    out["label"] = f"attention transfer, weight {schedule['weight']:g} from the validation search (+CE)"
     return out
 
 

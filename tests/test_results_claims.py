@@ -57,7 +57,7 @@ def test_the_searched_at_row_pairs_by_seed_and_replaces_at_in_the_heterogeneous_
               "models": {"at": _row(30.0, 10.0, 20.0)}}
     row = table._at_searched({"seeds": [0, 2]}, at_doc)
     assert row["legacy cos mAP"]["values"] == [10.0, 30.0] and row["legacy cos mAP"]["mean"] == 20.0
-    assert "weight 10 searched on validation" in row["label"]
+    assert "weight 10 from the validation search" in row["label"]
     assert table._at_searched({"seeds": [0, 3]}, at_doc) is None  # a seed the AT run lacks: not joined
     models = {"flow": _row(50.0, 51.0), "at": _row(5.0, 5.0), "at_searched": row,
               **{d: _row(40.0, 40.0) for d in ("kd", "fitnet", "sp", "pkt_last", "flow_direct")}}
