@@ -105,3 +105,17 @@ def test_compare_cli_runs_every_method_over_seeds(tmp_path, capsys):
     assert "| Hinton KD |" in md and "±" in md
     assert (tmp_path / "results" / "compare_tiny.png").stat().st_size > 1000
     assert "| labels only |" in capsys.readouterr().out
+
+
+def test_the_provenance_says_how_each_stage_trained_when_the_runs_record_it():
+    from flowkd.compare import provenance_line
+
+    on = lambda w, t, r=False: {"workers": w, "threads_per_worker": t, "resumed": r, "load_avg": [0.1, 0.1, 0.1]}  # noqa: E731
+    doc = {"config": "c.toml", "seeds": [0, 1], "stage_wall_s": {"aux": [100.4, 90.0], "off": [0.0, 0.0], "s": [5.2, 6.0]},
+           "stage_trained_on": {"aux": [on(1, 2), on(1, 1, True)], "off": [on(1, 2), on(1, 2)], "s": [on(2, 1), None]}}
+    line = provenance_line(doc)
+    assert ("seed 0: aux 100 s (2 threads) + s 5 s (2 side by side x 1 thread), "
+            "seed 1: aux 90 s (1 thread, resumed) + s 6 s") in line
+    assert "off" not in line and "counts all its parts" in line
+    doc["stage_trained_on"] = {"aux": [None, None]}  # runs made before stages recorded it: the old wording
+    assert "seed 0: 0 s + 5 s + 100 s" in provenance_line(doc)

@@ -69,12 +69,31 @@ def provenance_line(doc: dict) -> str:
     if doc.get("mode"):
         line += f"; mode: {doc['mode']}"
     walls = doc.get("stage_wall_s") or {}
-    if walls:  # a cohort's stages share one wall time: each distinct time once
+    how = doc.get("stage_trained_on") or {}  # how each stage trained (runs that record it: the pipeline's trained_on)
+    if walls and any(t for ts in how.values() for t in ts):
+        per_seed = []
+        for i in range(len(doc["seeds"])):
+            cells = [f"{k} {round(v[i]):,} s{_trained_on((how.get(k) or [None] * len(v))[i])}"
+                     for k, v in walls.items() if i < len(v) and round(v[i]) > 0]  # stages of 0 epochs left out
+            per_seed.append(" + ".join(cells))
+        line += ("; training time per seed, stage by stage (a stage resumed with --resume counts all its parts): "
+                 + ", ".join(f"seed {s}: {c}" for s, c in zip(doc["seeds"], per_seed)))
+    elif walls:  # runs that do not say how their stages trained: each distinct time once
         per_seed = [sorted({round(v[i]) for v in walls.values() if i < len(v)}) for i in range(len(doc["seeds"]))]
         line += ("; training wall time per seed (stage by stage, or one figure for a cohort): "
                  + ", ".join(f"seed {s}: " + " + ".join(f"{w:,} s" for w in ws) for s, ws in zip(doc["seeds"], per_seed))
                  + " (a run continued with --resume counts its last part only)")
     return line
+
+
+def _trained_on(t: dict | None) -> str:
+    """`` (2 side by side x 1 thread, resumed)``: how a stage trained, as its run recorded it."""
+    if not t:
+        return ""
+    n = t.get("threads_per_worker")
+    what = (f"{t['workers']} side by side x {n} thread{'s' * (n != 1)}" if t.get("workers", 1) > 1
+            else f"{n} thread{'s' * (n != 1)}")
+    return f" ({what}{', resumed' if t.get('resumed') else ''})"
 
 
 def render(doc: dict, path: Path | None = None) -> str:
@@ -254,7 +273,8 @@ def compare(config, seeds, out_dir, *, overrides=(), results_dir="results", name
     doc = {"title": title, "config": str(config), "overrides": list(overrides), "seeds": list(seeds),
            "mode": load_config(config, list(overrides)).mode,
            "machine": per_seed[0]["machine"], "wall_s": round(wall, 1), "models": agg,
-           "stage_wall_s": {k: [r["stages"][k]["wall_s"] for r in per_seed] for k in per_seed[0]["stages"]}}
+           "stage_wall_s": {k: [r["stages"][k]["wall_s"] for r in per_seed] for k in per_seed[0]["stages"]},
+           "stage_trained_on": {k: [r["stages"][k].get("trained_on") for r in per_seed] for k in per_seed[0]["stages"]}}
     atomic_write_json(res / f"compare_{name}.json", doc)
     doc["table"] = render(doc, res / f"compare_{name}")
     return doc
