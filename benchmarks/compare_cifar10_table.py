@@ -45,7 +45,7 @@ KEY = "legacy cos mAP"
 # attention transfer at the weight searched on a CIFAR-10 validation split (benchmarks/beyond/at_weight.toml): the
 # same config and seeds with only its AT stage trained (the row depends on no auxiliary, so it pairs seed by seed
 # with the primary run's rows)
-AT_RUN = "compare_cifar10_at_w10.json"
+AT_RUN = "compare_cifar10_at_w1.json"
 
 
 def _at_searched(primary: dict, at_doc: dict) -> dict | None:
