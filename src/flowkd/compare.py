@@ -15,7 +15,7 @@ from .config import load_config, to_dict
 from .errors import FlowKDError
 from .io import read_json, atomic_write_json, atomic_write_text, check_folder, check_output
 from .pipeline import Pipeline
-from .rundir import compared_config, first_difference, is_run
+from .rundir import config_difference, is_run
 from .report import COST_NOTE, compression_summary, cost_cells, cost_header
 
 __all__ = ["compare", "aggregate", "compare_table", "render", "same_everywhere", "provenance_line", "is_comparison", "check_plan"]
@@ -228,7 +228,7 @@ def _check_same_config(run_dir: Path, cfg, seed: int) -> None:
     """A finished seed is reused only if it was trained by the config as it is now (the keys free to change on
     --resume aside): the same rule as resuming a run, so a changed --set never reports another config's numbers."""
     old = read_json(run_dir / "config.json", "remove that seed's folder to train it again")
-    diff = first_difference(compared_config(old), compared_config(to_dict(cfg)))
+    diff = config_difference(old, to_dict(cfg))
     if diff:
         key, was, now = diff
         raise FlowKDError(f"{run_dir}: cannot reuse seed {seed} trained with another config: {key} was {was!r} and is "

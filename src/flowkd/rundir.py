@@ -30,7 +30,7 @@ from torch import nn
 from .errors import FlowKDError, first_line
 from .io import read_json, append_jsonl, check_folder, atomic_torch_save, atomic_write_json, atomic_write_text, load_weights, save_weights
 
-__all__ = ["RunDir", "RunLock", "cpu_state", "is_run", "first_difference", "compared_config"]
+__all__ = ["RunDir", "RunLock", "cpu_state", "is_run", "first_difference", "config_difference"]
 
 
 def is_run(path: Path) -> bool:
@@ -49,9 +49,14 @@ def is_run(path: Path) -> bool:
 FREE_KEYS = ("progress", "tensorboard", "title", "eval", "checkpoint_s")
 
 
-def compared_config(config: dict | None) -> dict | None:
-    """A run's config as resuming (or reusing) it compares it: without the keys free to change."""
+def _compared(config: dict | None) -> dict | None:
     return None if config is None else {k: v for k, v in config.items() if k not in FREE_KEYS}
+
+
+def config_difference(old: dict | None, new: dict) -> tuple[str, object, object] | None:
+    """The first key (:func:`first_difference`) in which a run's config differs from ``new``, the keys free to change
+    aside: what refuses resuming a run (and reusing a finished seed of a comparison) with another config."""
+    return first_difference(_compared(old), _compared(new))
 
 
 def first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:
@@ -199,7 +204,7 @@ class RunDir:
         if self.resume and state_path.exists():
             state = read_json(state_path, "the run folder is damaged (a file edited or cut short by hand?): "
                                           "start the run again in another --out")
-            diff = first_difference(compared_config(state.get("config")), compared_config(self.config))
+            diff = config_difference(state.get("config"), self.config)
             if diff:
                 key, old, new = diff
                 raise FlowKDError(f"{path}: cannot resume with another config: {key} was {old!r} when the run "
