@@ -49,3 +49,33 @@ def test_missing_tensorboard_fails_before_any_work(tmp_path, monkeypatch, capsys
     assert err[-1].startswith("flowkd: error: tensorboard = true needs the tensorboard package")
     assert 'pip install "flowkd[tensorboard]"' in err[-1]
     assert not out.exists()
+
+
+def test_a_resumed_run_logs_each_epoch_once(tmp_path):
+    """A run resumed after its last stage was lost holds every (tag, epoch) once in its event files, with the
+    values of metrics.jsonl: the epochs trained again replace the ones logged before (read without TensorBoard's
+    own purge of orphaned steps, which would hide a duplicate)."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    assert main(run_args(out, SMALL, "--tensorboard")) == 0
+    state = json.loads((out / "state.json").read_text())
+    last = list(state["completed"])[-1]  # as if killed before its end: trained again on --resume
+    del state["completed"][last]
+    (out / "state.json").write_text(json.dumps(state))
+    for f in (out / "checkpoints").glob(f"{last}.*"):
+        f.unlink()
+    assert main(run_args(out, SMALL, "--tensorboard", "--resume")) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["stage"] == last for r in records)
+    acc = event_accumulator.EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0},
+                                             purge_orphaned_data=False)
+    acc.Reload()
+    expected = {}
+    for r in records:
+        for key, value in scalars({k: v for k, v in r.items() if k not in ("stage", "epoch")}).items():
+            expected.setdefault(f"{r['stage']}/{key}", []).append((r["epoch"], value))
+    assert set(expected) == set(acc.Tags()["scalars"])
+    for tag, points in expected.items():
+        got = sorted((e.step, e.value) for e in acc.Scalars(tag))
+        assert [s for s, _ in got] == sorted(s for s, _ in points), tag  # each epoch once
+        assert [v for _, v in got] == pytest.approx([v for _, v in sorted(points)], rel=1e-6), tag

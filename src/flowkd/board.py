@@ -2,7 +2,9 @@
 
 ``tensorboard = true`` in a config (``flowkd run --tensorboard``) writes ``<run>/tensorboard/``; each record's
 numbers become scalars tagged ``<stage>/<key>`` at step = the record's epoch (nested tables such as a pair's
-weights as ``<stage>/<key>/<name>``). ``tensorboard --logdir <run>/tensorboard`` shows them.
+weights as ``<stage>/<key>/<name>``). ``tensorboard --logdir <run>/tensorboard`` shows them. The folder mirrors ``metrics.jsonl``: when a resumed run
+starts that file over with the records it keeps, ``restart`` writes the folder again from the same records, so the
+epochs trained again after the last checkpoint appear once, not twice.
 
 TensorBoard is an optional extra (``pip install "flowkd[tensorboard]"``), imported only when asked for.
 """
@@ -43,12 +45,27 @@ def scalars(record: dict, prefix: str = "") -> dict[str, float]:
 class BoardWriter:
     """Scalars of ``metrics.jsonl`` records into an event file under ``log_dir``."""
 
+    PATTERN = "events.out.tfevents.*"  # the event files a SummaryWriter makes (flowkd's own, in the run folder)
+
     def __init__(self, log_dir):
         require()
+        self.log_dir = Path(log_dir)
+        self._writer = self._open()
+
+    def _open(self):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return SummaryWriter(log_dir=str(self.log_dir))
+
+    def restart(self, records: list[dict]) -> None:
+        """Drop the folder's event files and write ``records`` into a new one (the records a resumed run keeps)."""
+        self._writer.close()
+        for f in self.log_dir.glob(self.PATTERN):
+            if f.is_file():
+                f.unlink()
+        self._writer = self._open()
+        for r in records:
+            self.write(r)
 
     def write(self, record: dict) -> None:
         stage, epoch = record.get("stage", "train"), int(record.get("epoch", 0))

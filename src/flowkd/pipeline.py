@@ -152,10 +152,11 @@ class Pipeline:
             self.log(f"[{stage.name}] resuming after epoch {partial['epoch']}")
         return tr
 
-    def train_group(self, group: list[Stage], partials: dict | None = None) -> tuple[list[Trainer], dict[str, FlowKDError]]:
+    def train_group(self, group: list[Stage], partials: dict | None = None
+                    ) -> tuple[list[Trainer], dict[str, FlowKDError], dict]:
         """Train a cohort (or a single stage) in one pass over the data, resuming the stages found in
-        ``partials``: its trainers and the errors of the stages that failed (a failure of a single stage is
-        raised)."""
+        ``partials``: its trainers, the errors of the stages that failed (a failure of a single stage is
+        raised) and how the pass ran (students side by side, threads each, the load average at its start)."""
         partials = partials or {}
         group[0].seed(self.cfg.seed)
         fast = self.cfg.fast
@@ -163,15 +164,15 @@ class Pipeline:
         # students side by side: not with collectives (each rank's students would meet them in any order)
         workers, threads = worker_plan(fast.student_workers if not self.dist.enabled else 1, len(group), self.device)
         # how this pass ran, for the stages' info: wall times are comparable only between like settings
-        self.trained_on = {"workers": workers, "threads_per_worker": threads,
-                           "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+        how = {"workers": workers, "threads_per_worker": threads,
+               "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
         with shared_teachers(group, fast.inference_teacher) if share else contextlib.nullcontext([]) as shared:
             trainers = [self._trainer(st, partials.get(st.name)) for st in group]
             errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress, workers=workers,
                                   threads=threads, teachers=shared, log=self.log)
         if len(group) == 1 and errors:
             raise next(iter(errors.values()))
-        return trainers, errors
+        return trainers, errors, how
 
     def run(self) -> dict:
         try:
@@ -242,7 +243,7 @@ class Pipeline:
     def _run_group(self, group: list[Stage], failed: dict, partials: dict) -> dict:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        trainers, errors = self.train_group(group, partials)
+        trainers, errors, how = self.train_group(group, partials)
         infos = {}
         for st, tr in zip(group, trainers):
             if st.name in errors:
@@ -259,7 +260,7 @@ class Pipeline:
                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k in ("loss", "ce")))
             info = {**st.info, "model": st.model_name, "teacher": st.teacher_name, "epochs": int(sum(st.plan.epochs)),
                     "wall_s": round(tr.train_s, 3), "last": last, "records": records,
-                    "trained_on": {**self.trained_on, "resumed": st.name in partials}}
+                    "trained_on": {**how, "resumed": st.name in partials}}
             if len(group) > 1:
                 info["cohort"] = [m.name for m in group]
             if self.device.type == "cuda":

@@ -287,10 +287,12 @@ class RunDir:
     def reset_metrics(self, kept: list[dict]) -> None:
         """Start ``metrics.jsonl`` over with the records kept from completed (and partly completed) stages, and keep
         of ``flow.jsonl`` the lines of those epochs only (the epochs after a stage's last checkpoint are trained
-        again and log again)."""
+        again and log again); TensorBoard's folder is written again from the same records."""
         if not self.writer:
             return
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        if self.board is not None:
+            self.board.restart(kept)
         flow = self.path / "flow.jsonl"
         if flow.is_file():
             epochs = {(r.get("stage"), r.get("epoch")) for r in kept}
