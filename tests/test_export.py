@@ -420,3 +420,27 @@ def test_compare_and_demo_tables_show_cost(monkeypatch, capsys):
     assert main(["demo", "--quiet", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "MMACs" in out and "ms/img ORT" in out and "fewer MACs" in out
+
+
+@pytest.mark.parametrize("opset", [None, 17])
+def test_to_onnx_makes_what_torch_onnx_export_makes(opset):
+    """flowkd's export (torchlib's translation table built once per process) writes the graph torch.onnx.export's
+    public function writes for the same program: the same nodes, the same weights, the same outputs in ONNX Runtime
+    — also for an opset below torchlib's own, which both convert to."""
+    import onnxruntime as ort
+    from flowkd.onnx_io import ImageEncoder, to_onnx, trace_encoder
+
+    torch.manual_seed(0)
+    model = create_model("verytiny", num_classes=10).eval()
+    example = torch.rand(2, 3, 32, 32)
+    program = trace_encoder(ImageEncoder(model, None), example)
+    ours = to_onnx(program, example, ["images"], ["output"], opset).model_proto
+    ref = torch.onnx.export(program, (example,), dynamo=True, input_names=["images"], output_names=["output"],
+                            opset_version=opset, verbose=False).model_proto
+    assert [n.op_type for n in ours.graph.node] == [n.op_type for n in ref.graph.node]
+    assert [o.version for o in ours.opset_import if o.domain == ""] == [o.version for o in ref.opset_import if o.domain == ""]
+    weights = lambda m: {i.name: i.raw_data for i in m.graph.initializer}  # noqa: E731
+    assert weights(ours) == weights(ref)
+    x = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, {"images": x})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(ours), run(ref))

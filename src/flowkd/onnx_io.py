@@ -5,6 +5,7 @@ forward is named in one line), writing ONNX, and temp files beside a target."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -133,13 +134,37 @@ def trace_encoder(encoder: ImageEncoder, example: torch.Tensor):
 
 # ---- writers ---------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _registry(opset: int):
+    """torchlib's table of ONNX translations for ``opset``: ≈ 1.8 s to build; ``torch.onnx.export`` builds it again
+    for every model, this process builds it once (the export only reads it)."""
+    from torch.onnx._internal.exporter import _registration
+
+    return _registration.ONNXRegistry.from_torchlib(opset_version=opset)
+
+
+def to_onnx(program, example: torch.Tensor, input_names: list[str], output_names: list[str], opset: int | None):
+    """What ``torch.onnx.export(program, dynamo=True, ...)`` makes (the same steps: translation, optimisation, version
+    conversion to ``opset``), with the translation table built once per process; the public function itself where
+    this torch lacks the internals it is made of."""
+    try:
+        from torch.onnx import _constants
+        from torch.onnx._internal.exporter import _constants as torchlib, _core
+        opset = opset or _constants.ONNX_DEFAULT_OPSET
+        registry = _registry(max(opset, torchlib.TORCHLIB_OPSET))
+    except (ImportError, AttributeError):
+        return torch.onnx.export(program, (example,), dynamo=True, input_names=input_names,
+                                 output_names=output_names, opset_version=opset, verbose=False)
+    return _core.export(program, (example,), registry=registry, input_names=input_names, output_names=output_names,
+                        verbose=False, opset_version=opset)
+
+
 def write_onnx(encoder, example, program, tmp: str, meta: dict, opset: int | None) -> None:
     onnx, _ = onnx_modules()
     out_name = "embedding" if encoder.tap else "output"
     try:
         with _quiet_torch():
-            prog = torch.onnx.export(program, (example,), dynamo=True, input_names=["images"],
-                                     output_names=[out_name], opset_version=opset, verbose=False)
+            prog = to_onnx(program, example, ["images"], [out_name], opset)
             prog.save(tmp)
     except Exception as e:  # noqa: BLE001
         raise FlowKDError(f"ONNX export of {type(encoder.model).__name__} failed: {' '.join(str(e).split())[:300]}") from None
