@@ -68,7 +68,7 @@ def main():
                         p, (x,), dynamo=True, input_names=["images"], output_names=["output"], verbose=False)))
             else:
                 onnx_io._registry.cache_clear()
-                table_s.append(timed(lambda: onnx_io._registry(20)))
+                table_s.append(timed(lambda: onnx_io.translation_table(None)))
                 for k, (p, x) in progs.items():
                     ours[k].append(timed(lambda: to_onnx(p, x, ["images"], ["output"], None)))
     med = statistics.median

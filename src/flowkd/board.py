@@ -2,9 +2,9 @@
 
 ``tensorboard = true`` in a config (``flowkd run --tensorboard``) writes ``<run>/tensorboard/``; each record's
 numbers become scalars tagged ``<stage>/<key>`` at step = the record's epoch (nested tables such as a pair's
-weights as ``<stage>/<key>/<name>``). ``tensorboard --logdir <run>/tensorboard`` shows them. The folder mirrors ``metrics.jsonl``: when a resumed run
-starts that file over with the records it keeps, ``restart`` writes the folder again from the same records, so the
-epochs trained again after the last checkpoint appear once, not twice.
+weights as ``<stage>/<key>/<name>``). ``tensorboard --logdir <run>/tensorboard`` shows them. The folder mirrors
+``metrics.jsonl``: when a resumed run starts that file over with the records it keeps, ``restart`` writes the folder
+again from the same records, so the epochs trained again after the last checkpoint appear once, not twice.
 
 TensorBoard is an optional extra (``pip install "flowkd[tensorboard]"``), imported only when asked for.
 """

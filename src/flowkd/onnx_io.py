@@ -143,15 +143,23 @@ def _registry(opset: int):
     return _registration.ONNXRegistry.from_torchlib(opset_version=opset)
 
 
+def translation_table(opset: int | None):
+    """``(opset, registry)``: the opset an export writes (torch's default when None) and the table it translates
+    with (torchlib's own opset at least, as ``torch.onnx.export`` chooses), built once per process."""
+    from torch.onnx import _constants
+    from torch.onnx._internal.exporter import _constants as torchlib
+
+    opset = opset or _constants.ONNX_DEFAULT_OPSET
+    return opset, _registry(max(opset, torchlib.TORCHLIB_OPSET))
+
+
 def to_onnx(program, example: torch.Tensor, input_names: list[str], output_names: list[str], opset: int | None):
     """What ``torch.onnx.export(program, dynamo=True, ...)`` makes (the same steps: translation, optimisation, version
     conversion to ``opset``), with the translation table built once per process; the public function itself where
     this torch lacks the internals it is made of."""
     try:
-        from torch.onnx import _constants
-        from torch.onnx._internal.exporter import _constants as torchlib, _core
-        opset = opset or _constants.ONNX_DEFAULT_OPSET
-        registry = _registry(max(opset, torchlib.TORCHLIB_OPSET))
+        from torch.onnx._internal.exporter import _core
+        opset, registry = translation_table(opset)
     except (ImportError, AttributeError):
         return torch.onnx.export(program, (example,), dynamo=True, input_names=input_names,
                                  output_names=output_names, opset_version=opset, verbose=False)
