@@ -27,16 +27,20 @@ def _strip(lines):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in lines]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_cohort_trains_bit_identically_to_one_stage_after_another(tmp_path, workers):
+BF16_SHARED = ("fast.amp=bf16", "stages.student_pkt.teacher=aux")  # two students read the auxiliary: shared
+
+
+@pytest.mark.parametrize("workers, sets", [(1, ()), (2, ()), (2, BF16_SHARED)])
+def test_a_cohort_trains_bit_identically_to_one_stage_after_another(tmp_path, workers, sets):
     """One at a time (at the process's threads), and side by side: two students stepping at once on one
-    thread each, against one after another on one thread."""
+    thread each, against one after another on one thread. Under bf16 autocast the shared teacher's pass, made
+    outside the students' steps, runs in their precision as the teacher of a stage of its own does."""
     threads = torch.get_num_threads()
     if workers > 1:
         torch.set_num_threads(1)
     try:
-        assert _run(tmp_path / "cohort", f"fast.student_workers={workers}") == 0
-        assert _run(tmp_path / "seq", "cohort=false") == 0
+        assert _run(tmp_path / "cohort", f"fast.student_workers={workers}", *sets) == 0
+        assert _run(tmp_path / "seq", "cohort=false", *sets) == 0
     finally:
         torch.set_num_threads(threads)
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cohort", "seq"))

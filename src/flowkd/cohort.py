@@ -59,11 +59,12 @@ def _independent(st: Stage, group: list[Stage]) -> bool:
 
 
 @contextlib.contextmanager
-def shared_teachers(group: list[Stage], inference_mode: bool = True):
+def shared_teachers(group: list[Stage], inference_mode: bool = True, autocast: torch.dtype | None = None):
     """While the block runs, every step of ``group`` whose stage reads the same teacher source (a network,
     features, an extractor) as another member reads one :class:`~flowkd.teachers.SharedTeacher`: that
-    source's taps (the union of the members') computed once per batch. Yields the shared teachers; then the
-    steps read their own teachers again and the shared ones are closed."""
+    source's taps (the union of the members') computed once per batch, under ``autocast`` (the steps'
+    precision). Yields the shared teachers; then the steps read their own teachers again and the shared ones
+    are closed."""
     by_source: dict[int, list[Stage]] = {}
     for st in group:
         if st.teacher is not None and st.teacher_source is not None:
@@ -72,7 +73,7 @@ def shared_teachers(group: list[Stage], inference_mode: bool = True):
     try:
         for m in members:
             taps = list(dict.fromkeys(t for st in m for t in st.teacher.taps))
-            teacher = SharedTeacher(as_teacher(m[0].teacher_source, taps, inference_mode))
+            teacher = SharedTeacher(as_teacher(m[0].teacher_source, taps, inference_mode), autocast)
             shared.append(teacher)
             for st in m:
                 st.step.teacher = teacher

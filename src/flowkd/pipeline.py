@@ -145,12 +145,16 @@ class Pipeline:
         tr = Trainer(stage.forward, stage.step, epochs=p.epochs, lr=p.lr, optimizer=p.optimizer,
                      weight_decay=p.weight_decay, restart=p.restart, params=stage.params, on_epoch=on_epoch,
                      checkpoint=lambda t: rundir.save_partial(stage.name, t.state_dict()), name=stage.name,
-                     autocast=torch.bfloat16 if fast.amp == "bf16" else None, cuda_graph=fast.cuda_graph,
+                     autocast=self._autocast(), cuda_graph=fast.cuda_graph,
                      anneal=p.anneal, average=p.average, loss=flow, checkpoint_s=cfg.checkpoint_s)
         if partial is not None:
             tr.load_state_dict(partial)
             self.log(f"[{stage.name}] resuming after epoch {partial['epoch']}")
         return tr
+
+    def _autocast(self) -> torch.dtype | None:
+        """The precision the training steps (and the cohort's shared teacher passes) run under: ``fast.amp``."""
+        return torch.bfloat16 if self.cfg.fast.amp == "bf16" else None
 
     def train_group(self, group: list[Stage], partials: dict | None = None
                     ) -> tuple[list[Trainer], dict[str, FlowKDError], dict]:
@@ -166,7 +170,8 @@ class Pipeline:
         # how this pass ran, for the stages' info: wall times are comparable only between like settings
         how = {"workers": workers, "threads_per_worker": threads,
                "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
-        with shared_teachers(group, fast.inference_teacher) if share else contextlib.nullcontext([]) as shared:
+        with (shared_teachers(group, fast.inference_teacher, self._autocast()) if share
+              else contextlib.nullcontext([])) as shared:
             trainers = [self._trainer(st, partials.get(st.name)) for st in group]
             errors = train_cohort(group[0].loader, trainers, show_progress=self.cfg.progress, workers=workers,
                                   threads=threads, teachers=shared, log=self.log)

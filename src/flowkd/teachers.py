@@ -115,13 +115,21 @@ class FeatureTeacher:
 
 class SharedTeacher:
     """A teacher read by several students of a cohort: its taps computed once per batch (in the batch's memo)
-    and handed to each of them. ``teacher`` answers the union of the students' taps."""
+    and handed to each of them. ``teacher`` answers the union of the students' taps. ``autocast`` (e.g.
+    ``torch.bfloat16``): the precision the students' steps run under (``fast.amp``); the pass runs under it
+    wherever it is made, so a teacher computes alike in a cohort and in a stage of its own."""
 
-    def __init__(self, teacher: Teacher):
-        self.teacher, self.taps = teacher, tuple(teacher.taps)
+    def __init__(self, teacher: Teacher, autocast: torch.dtype | None = None):
+        self.teacher, self.taps, self.autocast = teacher, tuple(teacher.taps), autocast
 
     def __call__(self, batch: Batch) -> Mapping[str, torch.Tensor]:
-        return batch.memo.get(("teacher", id(self)), lambda: self.teacher(batch))
+        return batch.memo.get(("teacher", id(self)), lambda: self._pass(batch))
+
+    def _pass(self, batch: Batch) -> Mapping[str, torch.Tensor]:
+        if self.autocast is None:
+            return self.teacher(batch)
+        with torch.autocast(device_type=batch.x.device.type, dtype=self.autocast):
+            return self.teacher(batch)
 
     def close(self) -> None:
         self.teacher.close()
