@@ -45,6 +45,48 @@ def minutes(s: float) -> str:
     return f"{s / 60:.0f} min"
 
 
+ROUND4 = [("a", "stage A of auxiliaries x2 / x3 / x4 of the student (labels: Adam 1e-3 × 50, then 1e-4 × 30)"),
+          ("b", "stage B from the ResNet-18's bank of 4 views (the paper's PKT on the last layer, the information flow "
+                "over four ResNet-18 layers, PKT + KD, a stage twice as long; x2 / x3 / x4), and the student each "
+                "auxiliary makes (the round-1 recipe), with two students that read the bank themselves"),
+          ("c", "a teacher-assistant chain: ResNet-18 → x4 auxiliary → x2 auxiliary → student")]
+
+
+def round4(L: list[str]) -> bool:
+    """Round 4's section (the auxiliary teacher, on the validation split) from the parts measured so far;
+    False when none is."""
+    import tomllib
+
+    parts = [(k, what, RES / f"beyond_r4{k}_validation.json") for k, what in ROUND4]
+    done = [(k, what, json.loads(p.read_text())) for k, what, p in parts if p.exists()]
+    if not done:
+        return False
+    L += ["## Round 4: the auxiliary teacher (validation, seed 0; issue 29)", "",
+          "With the ResNet-18's outputs on 4 views of every image computed once (its bank of views, `flowkd.bank`), "
+          "the auxiliary's stage B no longer runs the ResNet-18, so the auxiliary itself is searched. Same "
+          "validation split as rounds 1-3; every student is the round-1 recipe (no labels). Parts measured: "
+          + "; ".join(f"**{k}**: {what}" for k, what, _ in done)
+          + (". Not yet measured: " + "; ".join(f"**{k}**: {what}" for k, what, p in parts if not p.exists())
+             if len(done) < len(parts) else "") + ".", ""]
+    for k, _, d in done:
+        cfg = tomllib.loads((ROOT / d["config"]).read_text()) if (ROOT / d["config"]).exists() else {}
+        teacher_of = {st["model"]: st.get("teacher") for st in cfg.get("stages", [])}
+        m = d["models"]
+        L += [f"Part {k} (`{d['config']}`, {minutes(d['wall_s'])} on {d['machine']['cpu_threads']} thread(s); "
+              f"`results/beyond_r4{k}_validation.json`):", "",
+              "| model | learns from | legacy cos mAP | legacy euc mAP | legacy cos P@100 | cos mAP (standard) | "
+              "its teacher's legacy cos mAP |", "|---|---|---:|---:|---:|---:|---:|"]
+        for name, r in m.items():
+            t = teacher_of.get(name)
+            t_cos = m[t]["legacy cos mAP"]["mean"] if t in m else None
+            t_label = (m[t].get("label") if t in m else cfg.get("models", {}).get(t, {}).get("label", t)) if t else "labels"
+            L.append(f"| {r.get('label', name)} | {t_label} | {r['legacy cos mAP']['mean']:.2f} | "
+                     f"{r['legacy euc mAP']['mean']:.2f} | {r['legacy cos P@100']['mean']:.2f} | "
+                     f"{r['cos mAP']['mean']:.2f} | {'' if t_cos is None else f'{t_cos:.2f}'} |")
+        L.append("")
+    return True
+
+
 def main() -> None:
     r1, r2, r3 = (load(f"beyond_r{i}_validation.json") for i in (1, 2, 3))
     beyond, paper_run, lab = load("compare_cifar10_beyond.json"), load("compare_cifar10_aux.json"), load("compare_cifar10_labelled.json")
@@ -170,15 +212,19 @@ def main() -> None:
     L += ["", f"The initial weight moves the student by {max(inits) - min(inits):.2f} points at most (the paper's 100 is "
           f"{'the best' if best[0] == max(inits) else 'not the best'} of the three), and matching the pre-pooling "
           f"activations too costs {best[0] - v3['seven_pairs'][0]:.2f} points.", ""]
+    # ---- round 4: the auxiliary teacher (issue 29)
+    r4 = round4(L)
     # ---- not tried
-    L += ["## What was not tried, and why", "",
-          f"- **The auxiliary teacher** (wider, longer, learning from several ResNet-18 layers): the student can only "
-          f"approach the auxiliary's {aux_test:.2f} legacy cos mAP on the test set ({aux_val:.2f} on the validation "
-          f"split); the 56 target sits {aux_test - 56:.0f} points below it. Every student-stage variant above lands "
-          f"{gap_val[0]:.1f}-{gap_val[1]:.1f} points below the auxiliary on validation, and the two recipes measured on "
-          f"test {gap_test[0]:.1f}-{gap_test[1]:.1f} below it. The lever is most likely there, but retraining it needs "
-          "the ResNet-18's forward pass for every batch: a GPU task (the whole pipeline took 82 s on one H100, "
-          "`results/cifar10_gpu.md`).",
+    L += ["## What was not tried, and why", ""]
+    if not r4:
+        L += [f"- **The auxiliary teacher** (wider, longer, learning from several ResNet-18 layers): the student can only "
+              f"approach the auxiliary's {aux_test:.2f} legacy cos mAP on the test set ({aux_val:.2f} on the validation "
+              f"split); the 56 target sits {aux_test - 56:.0f} points below it. Every student-stage variant above lands "
+              f"{gap_val[0]:.1f}-{gap_val[1]:.1f} points below the auxiliary on validation, and the two recipes measured "
+              f"on test {gap_test[0]:.1f}-{gap_test[1]:.1f} below it. The lever is most likely there; round 4 "
+              "(`benchmarks/beyond/r4a.toml`, `r4b.toml`, `r4c.toml`) searches it from the ResNet-18's bank of views, "
+              "and none of its results is in yet."]
+    L += [
           "- **A larger similarity batch** (features gathered over several batches, or a feature memory): not built; on "
           "several GPUs `distributed.gather_features = true` already gives PKT the global batch.",
           "- **Other layer pairs** than the paper's four or round 3's seven (e.g. pairs across depths): not tried. The "
