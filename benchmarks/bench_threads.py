@@ -33,7 +33,7 @@ def child(threads: int, steps: int) -> None:
     g = np.random.default_rng(0)
     data = ArrayDataset(g.integers(0, 256, (128 * (steps + 2), 3, 32, 32), dtype=np.uint8), g.integers(0, 10, 128 * (steps + 2)),
                         [str(c) for c in range(10)], MEAN, STD)
-    batches = [x.contiguous(memory_format=torch.channels_last) for x, _ in Loader(data, 128, shuffle=True, augment=True)]
+    batches = [b.x.contiguous(memory_format=torch.channels_last) for b in Loader(data, 128, shuffle=True, augment=True)]
     torch.manual_seed(0)
     mode = Mode("m", create_model("tiny").eval(), create_model("verytiny"), channels_last=True, threads=threads)
     for x in batches[:2]:

@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# the tests' thread count is chosen here, so fast.threads = "auto" (flowkd.threads) leaves it as it is: two runs
+# a test compares train on the same threads whatever the machine's load (tests/test_threads.py unsets it)
+os.environ.setdefault("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

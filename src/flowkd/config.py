@@ -120,6 +120,7 @@ class FastConfig:
     compile: bool = False           # torch.compile every trained model (launch-bound small students)
     cuda_graph: bool = False        # capture each epoch's whole training step as one CUDA graph (CUDA only)
     student_workers: Union[int, str] = "auto"  # a cohort's students stepping side by side (CPU); auto: min(students, threads)
+    threads: Union[int, str] = "auto"  # CPU training threads; auto: the cores other processes leave idle (flowkd.threads)
     inference_teacher: bool = True  # teachers run under torch.inference_mode
 
 
@@ -337,6 +338,9 @@ def _validate(cfg: Config) -> None:
         raise FlowKDError(f"fast.amp must be 'none' or 'bf16', got {cfg.fast.amp!r}")
     if cfg.fast.channels_last not in (True, False, "auto"):
         raise FlowKDError(f"fast.channels_last must be true, false or 'auto', got {cfg.fast.channels_last!r}")
+    t = cfg.fast.threads
+    if t != "auto" and not (isinstance(t, int) and not isinstance(t, bool) and t >= 1):
+        raise FlowKDError(f"fast.threads must be \"auto\" or a whole number >= 1, got {t!r}")
     if cfg.fast.cuda_graph and cfg.fast.compile:
         raise FlowKDError("fast.cuda_graph and fast.compile are alternatives for launch-bound steps; set one of them")
     if cfg.mode not in ("default", "paper"):

@@ -21,6 +21,7 @@ from .distributed import init_distributed
 from .errors import FlowKDError, warn
 from .cost import model_cost
 from .evaluation import evaluate_representation
+from .threads import apply_threads
 from .cohort import cohorts, shared_teachers, train_cohort, worker_plan
 from .trainer import Trainer
 from .report import results_table
@@ -165,10 +166,11 @@ class Pipeline:
         group[0].seed(self.cfg.seed)
         fast = self.cfg.fast
         share = len(group) > 1 and not fast.cuda_graph
+        chosen = apply_threads(fast.threads, self.device, self.log)  # the cores other processes leave free
         # students side by side: not with collectives (each rank's students would meet them in any order)
         workers, threads = worker_plan(fast.student_workers if not self.dist.enabled else 1, len(group), self.device)
         # how this pass ran, for the stages' info: wall times are comparable only between like settings
-        how = {"workers": workers, "threads_per_worker": threads,
+        how = {"workers": workers, "threads_per_worker": threads, "threads_by": chosen["why"],
                "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
         with (shared_teachers(group, fast.inference_teacher, self._autocast()) if share
               else contextlib.nullcontext([])) as shared:
