@@ -81,6 +81,24 @@ def test_resume_skips_completed_stages(tmp_path, capsys):
     assert code == 2 and "cannot resume with another config: seed was 0" in err
 
 
+def test_a_run_made_before_an_option_existed_resumes_at_its_default(tmp_path, capsys):
+    """A run's saved config lacks the options a later flowkd added (here a stage's views and average_last): it
+    trained as their defaults do, so --resume accepts it, unless the config now sets one to something else."""
+    out = tmp_path / "run"
+    args = run_args(out, FAST)
+    assert run_cli(args, capsys)[0] == 0
+    state = json.loads((out / "state.json").read_text())
+    del state["config"]["fast"]["threads"]
+    for st in state["config"]["stages"]:
+        del st["views"], st["average_last"]
+    (out / "state.json").write_text(json.dumps(state))
+    code, stdout, _ = run_cli(args + ["--resume"], capsys)
+    assert code == 0 and stdout.count("resumed from") == 6
+    assert run_cli(args + ["--resume", "--set", "fast.threads=1"], capsys)[0] == 0  # free to change, as speed is
+    code, _, err = run_cli(args + ["--resume", "--set", "stages.student.average_last=2"], capsys)
+    assert code == 2 and "cannot resume with another config: stages.student.average_last was 0" in err
+
+
 def test_demo_is_deterministic_for_a_seed(tmp_path, capsys):
     maps = []
     for i, seed in enumerate([5, 5, 6]):

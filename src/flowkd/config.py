@@ -543,3 +543,22 @@ def load_config(path, overrides: list[str] = ()) -> Config:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def with_defaults(saved: dict) -> dict:
+    """A config saved by an earlier flowkd (``to_dict``) with the options added since filled in at their
+    defaults: a run made before an option existed trained as its default does (every new option's default keeps
+    the old behaviour). Keys it has are kept as they are; anything not a dict is returned as is."""
+    if not isinstance(saved, dict):
+        return saved
+    base = to_dict(Config())
+    out = {**base, **saved}
+    for k, v in base.items():
+        if isinstance(v, dict) and k != "models" and isinstance(saved.get(k), dict):
+            out[k] = {**v, **saved[k]}
+    model, stage = to_dict(ModelConfig()), to_dict(StageConfig())
+    if isinstance(saved.get("models"), dict):
+        out["models"] = {n: {**model, **m} if isinstance(m, dict) else m for n, m in saved["models"].items()}
+    if isinstance(saved.get("stages"), list):
+        out["stages"] = [{**stage, **st} if isinstance(st, dict) else st for st in saved["stages"]]
+    return out

@@ -46,17 +46,27 @@ def is_run(path: Path) -> bool:
 
 # how a run shows itself, how often it checkpoints and what it evaluates afterwards, not what it trains: free to
 # change on --resume
-FREE_KEYS = ("progress", "tensorboard", "title", "eval", "checkpoint_s")
+FREE_KEYS = ("progress", "tensorboard", "title", "eval", "checkpoint_s", "fast.threads")
 
 
 def _compared(config: dict | None) -> dict | None:
-    return None if config is None else {k: v for k, v in config.items() if k not in FREE_KEYS}
+    if config is None:
+        return None
+    out = {k: v for k, v in config.items() if k not in FREE_KEYS}
+    for key in (k for k in FREE_KEYS if "." in k):
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def config_difference(old: dict | None, new: dict) -> tuple[str, object, object] | None:
     """The first key (:func:`first_difference`) in which a run's config differs from ``new``, the keys free to change
-    aside: what refuses resuming a run (and reusing a finished seed of a comparison) with another config."""
-    return first_difference(_compared(old), _compared(new))
+    aside: what refuses resuming a run (and reusing a finished seed of a comparison) with another config. An
+    option the run's flowkd did not have yet counts at its default (``config.with_defaults``)."""
+    from .config import with_defaults
+
+    return first_difference(_compared(with_defaults(old) if old is not None else None), _compared(new))
 
 
 def first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:
