@@ -85,7 +85,6 @@ def main() -> None:
         L.append(f"| {what} | {_pm(vals)} | {_pm(m['legacy euc mAP']['values'])} | "
                  f"{_pm(m['legacy cos P@100']['values'])} | {_pm(m['cos mAP']['values'])} | {d} | {per} |")
     by = {r["model"]: r for r in rows}
-    spread = statistics.stdev(live) if len(live) > 1 else None
     L += ["", "## Reading", ""]
     for name in ("k1", "k4", "k16", "features"):
         if name not in by:
@@ -93,9 +92,10 @@ def main() -> None:
         d = by[name]["delta_vs_live"]
         n = len(d["values"])
         below = sum(x < 0 for x in d["values"])
-        size = (f"within the live rows' seed spread ({spread:.2f})" if spread is not None and abs(d["mean"]) <= spread
-                else f"outside the live rows' seed spread ({spread:.2f})" if spread is not None
-                else "one seed: no spread to compare with")
+        size = ("one seed: no spread to compare with" if n < 2 else
+                f"the difference's own spread over the seeds is ±{d['std']:.2f}, "
+                + ("smaller than the mean difference" if abs(d["mean"]) > d["std"]
+                   else "as large as the mean difference or larger: no change measured"))
         L.append(f"- {by[name]['what']}: Δ {d['mean']:+.2f} legacy cos mAP, below live on {below} of {n} seeds; "
                  f"{size}.")
     cost = _bank_cost(args.bank, previous)
